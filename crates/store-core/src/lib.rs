@@ -6,7 +6,7 @@
 //! computes store paths depends on this crate and nothing else.
 //!
 //! - [`nixbase32`]: Nix's own base-32 encoding.
-//! - [`hash`]: [`Hash`] and [`HashAlgo`], with every encoding Nix prints.
+//! - [`hash`]: [`Hash`](struct@Hash) and [`HashAlgo`], with every encoding Nix prints.
 //! - [`store_path`]: [`StorePath`] (a validated base name) and
 //!   [`StoreDir`], which renders, parses and computes store paths.
 //! - [`content_address`]: how content-addressed paths are derived.
