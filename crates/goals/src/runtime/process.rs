@@ -121,6 +121,24 @@ impl Process {
         }
     }
 
+    /// Waits until the child has exited, without reaping it: its pid (and
+    /// process group id) stays reserved, so [`Process::kill`] can still
+    /// reach processes it left behind.
+    pub async fn exited(&self) {
+        if self.pidfd.is_none() {
+            return;
+        }
+        let key = self.key;
+        std::future::poll_fn(|cx| {
+            if self.handle.reactor().poll_ready(key, cx.waker()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
     /// Sends `SIGKILL` (to the group with [`KillScope::Group`]). Does
     /// nothing once the child is reaped, so a recycled pid is never hit.
     pub fn kill(&mut self) -> io::Result<()> {
