@@ -11,12 +11,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
 use crate::result::Failure;
-use crate::runtime::KillScope;
 
 /// What the worker needs to know of a derivation before building it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,25 +73,34 @@ pub trait Backend {
     }
 }
 
-/// A running builder. Dropping it before `unprepare` must kill the
-/// builder (the worker also kills the process through its pidfd) and clean
-/// up its build directory: that is how a cancelled goal stops.
+/// A running builder, as the builder crate's `RunningBuild` is: it owns
+/// its process (and reaps it), its log pipe and its exit descriptor; the
+/// worker only polls the descriptors on its loop.
+///
+/// Dropping it before `unprepare` must kill the builder and clean up its
+/// build directory: that is how a cancelled goal stops.
 pub trait StartedBuild {
-    /// The builder process's pid; a child of this process, not reaped: the
-    /// worker reaps it through a pidfd.
+    /// The builder process's pid, for messages.
     fn pid(&self) -> u32;
 
-    /// What killing the builder must reach: its process group (a plain
-    /// builder) or only the process (the init of a PID namespace).
-    fn kill_scope(&self) -> KillScope;
+    /// The read end of the builder's log pipe (stdout and stderr). The
+    /// worker reads a duplicate of it, non-blocking.
+    fn log_fd(&self) -> BorrowedFd<'_>;
 
-    /// The read end of the builder's log pipe (stdout and stderr), once.
-    fn take_log(&mut self) -> Option<OwnedFd>;
+    /// A descriptor that turns readable when the builder exits (a pidfd).
+    /// The worker polls a duplicate of it and never reaps through it.
+    fn exit_fd(&self) -> BorrowedFd<'_>;
 
-    /// Tears the build down after the builder exited with `status` (already
-    /// reaped by the worker): checks the status, canonicalises the outputs,
-    /// computes content-addressed paths.
-    fn unprepare(self: Box<Self>, status: ExitStatus) -> Result<Box<dyn UnpreparedBuild>, Failure>;
+    /// Reaps the builder if it has exited, without waiting.
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>>;
+
+    /// Kills the builder and whatever it started (its process group, or
+    /// its PID namespace).
+    fn kill(&mut self) -> io::Result<()>;
+
+    /// Tears the build down after the builder was reaped: checks the exit
+    /// status, canonicalises the outputs, computes content-addressed paths.
+    fn unprepare(self: Box<Self>) -> Result<Box<dyn UnpreparedBuild>, Failure>;
 }
 
 /// A build whose outputs are checked but not yet in the store.

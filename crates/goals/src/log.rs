@@ -10,9 +10,10 @@ use std::process::ExitStatus;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use crate::backend::StartedBuild;
 use crate::events::{Event, EventSink};
 use crate::result::{BuildStatus, Failure};
-use crate::runtime::{AsyncFd, Handle, Process};
+use crate::runtime::{AsyncFd, Handle};
 
 /// The limits of one build (Nix's `max-silent-time`, `timeout`,
 /// `max-build-log-size`); `None` is no limit.
@@ -115,7 +116,8 @@ impl Drain<'_> {
     pub(crate) async fn run(
         mut self,
         log: AsyncFd,
-        process: &mut Process,
+        exit: AsyncFd,
+        process: &mut dyn StartedBuild,
     ) -> Result<ExitStatus, Failure> {
         let started = Instant::now();
         let mut last_output = started;
@@ -137,11 +139,11 @@ impl Drain<'_> {
                     }
                     log.read(&mut buf).await
                 });
-                let mut exit = pin!(async {
+                let mut exit_seen = pin!(async {
                     if exited {
                         std::future::pending::<()>().await;
                     }
-                    process.exited().await;
+                    exit.readable().await;
                 });
                 let mut sleep = deadline.map(|d| Box::pin(self.handle.sleep_until(d)));
                 std::future::poll_fn(|cx| {
@@ -151,7 +153,7 @@ impl Drain<'_> {
                             Err(e) => Step::ReadError(e),
                         });
                     }
-                    if exit.as_mut().poll(cx).is_ready() {
+                    if exit_seen.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Step::Exited);
                     }
                     if let Some(sleep) = &mut sleep
@@ -171,7 +173,7 @@ impl Drain<'_> {
                     if let Some(max) = self.limits.max_log_size
                         && log_size > max
                     {
-                        kill_and_reap(process).await;
+                        kill_and_reap(process, &exit).await;
                         return Err(Failure::new(
                             BuildStatus::LogLimitExceeded,
                             format!(
@@ -183,7 +185,7 @@ impl Drain<'_> {
                     self.record(&buf[..n]);
                 }
                 Step::ReadError(e) => {
-                    kill_and_reap(process).await;
+                    kill_and_reap(process, &exit).await;
                     return Err(Failure::misc(format!(
                         "reading the log of '{}': {e}",
                         self.drv.display()
@@ -197,7 +199,7 @@ impl Drain<'_> {
                     let _ = process.kill();
                 }
                 Step::Deadline => {
-                    kill_and_reap(process).await;
+                    kill_and_reap(process, &exit).await;
                     let now = Instant::now();
                     let message = match (silence_deadline, self.limits.max_silent_time) {
                         (Some(at), Some(silence)) if at <= now => format!(
@@ -224,7 +226,7 @@ impl Drain<'_> {
                 });
             }
         });
-        process.wait().await.map_err(|e| {
+        wait(process, &exit).await.map_err(|e| {
             Failure::misc(format!(
                 "waiting for the builder of '{}': {e}",
                 drv.display()
@@ -251,13 +253,23 @@ impl Drain<'_> {
     }
 }
 
-async fn kill_and_reap(process: &mut Process) {
+async fn kill_and_reap(process: &mut dyn StartedBuild, exit: &AsyncFd) {
     if let Err(e) = process.kill() {
-        tracing::warn!(pid = process.id(), "killing the builder: {e}");
+        tracing::warn!(pid = process.pid(), "killing the builder: {e}");
     }
     // SIGKILL cannot be ignored: the wait is short, and it is a wait on the
     // event loop, not a blocking one.
-    let _ = process.wait().await;
+    let _ = wait(process, exit).await;
+}
+
+/// Reaps the builder once its exit descriptor turns readable.
+async fn wait(process: &mut dyn StartedBuild, exit: &AsyncFd) -> std::io::Result<ExitStatus> {
+    loop {
+        if let Some(status) = process.try_wait()? {
+            return Ok(status);
+        }
+        exit.readable().await;
+    }
 }
 
 #[cfg(test)]

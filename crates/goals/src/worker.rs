@@ -16,7 +16,7 @@ use crate::events::{Event, EventSink};
 use crate::locks::{self, LockWait, LockWaitError};
 use crate::log::{Drain, Limits, LogTail};
 use crate::result::{BuildResult, BuildStatus, Failure};
-use crate::runtime::{AsyncFd, Handle, JoinHandle, Process, Runtime, RuntimeError, Semaphore};
+use crate::runtime::{AsyncFd, Handle, JoinHandle, Runtime, RuntimeError, Semaphore};
 
 /// How the worker runs builds.
 #[derive(Debug, Clone)]
@@ -328,18 +328,19 @@ impl Ctx {
             drv: drv.to_path_buf(),
             name: plan.name.clone(),
         });
-        let mut process = Process::from_pid(&self.handle, started.pid(), started.kill_scope())
-            .map_err(|e| {
-                Failure::misc(format!("watching the builder of '{}': {e}", drv.display()))
-            })?;
-        let log_fd = started.take_log().ok_or_else(|| {
-            Failure::misc(format!(
-                "the builder of '{}' has no log pipe",
-                drv.display()
-            ))
-        })?;
-        let log = AsyncFd::new(&self.handle, log_fd)
+        let watch = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned();
+        let (log, exit) = match (watch(started.log_fd()), watch(started.exit_fd())) {
+            (Ok(log), Ok(exit)) => (log, exit),
+            (Err(e), _) | (_, Err(e)) => {
+                return Err(Failure::misc(format!(
+                    "watching the builder of '{}': {e}",
+                    drv.display()
+                )));
+            }
+        };
+        let log = AsyncFd::new(&self.handle, log)
             .map_err(|e| Failure::misc(format!("reading the log of '{}': {e}", drv.display())))?;
+        let exit = AsyncFd::watch(&self.handle, exit);
         let log_file = backend.open_log(drv).unwrap_or_else(|e| {
             tracing::warn!(drv = %drv.display(), "cannot keep the build log: {e}");
             None
@@ -354,11 +355,11 @@ impl Ctx {
             log_file,
             tail: &mut tail,
         }
-        .run(log, &mut process)
+        .run(log, exit, started.as_mut())
         .await?;
-        drop(process);
+        tracing::debug!(drv = %drv.display(), %status, "builder exited");
 
-        let unprepared = started.unprepare(status).map_err(|mut failure| {
+        let unprepared = started.unprepare().map_err(|mut failure| {
             if matches!(
                 failure.status,
                 BuildStatus::PermanentFailure | BuildStatus::TransientFailure

@@ -24,12 +24,13 @@ impl AsyncFd {
     pub fn new(handle: &Handle, fd: OwnedFd) -> io::Result<Self> {
         let flags = rustix::fs::fcntl_getfl(&fd)?;
         rustix::fs::fcntl_setfl(&fd, flags | OFlags::NONBLOCK)?;
-        Ok(Self::new_nonblocking(handle, fd))
+        Ok(Self::watch(handle, fd))
     }
 
-    /// Registers a descriptor that is non-blocking already (a pidfd, whose
-    /// "readable" means "exited" and which is never read).
-    pub(crate) fn new_nonblocking(handle: &Handle, fd: OwnedFd) -> Self {
+    /// Registers `fd` without touching its flags, to wait for readiness
+    /// only (a pidfd, whose "readable" means "exited" and which is never
+    /// read; or a descriptor that is non-blocking already).
+    pub fn watch(handle: &Handle, fd: OwnedFd) -> Self {
         let fd = Rc::new(fd);
         let key = handle.reactor().register(Rc::clone(&fd));
         Self {

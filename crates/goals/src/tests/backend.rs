@@ -11,7 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -19,7 +19,7 @@ use std::rc::Rc;
 
 use crate::backend::{Backend, Plan, StartedBuild, UnpreparedBuild};
 use crate::result::{BuildStatus, Failure};
-use crate::runtime::KillScope;
+use crate::runtime::{Handle, KillScope, Process};
 
 /// How an output's path is decided.
 #[derive(Debug, Clone)]
@@ -43,6 +43,7 @@ pub(crate) struct TestDrv {
 }
 
 pub(crate) struct TestBackend {
+    handle: Handle,
     pub(crate) store: PathBuf,
     scratch: PathBuf,
     drvs: RefCell<HashMap<PathBuf, TestDrv>>,
@@ -56,12 +57,13 @@ pub(crate) struct TestBackend {
 }
 
 impl TestBackend {
-    pub(crate) fn new(root: &Path) -> Rc<Self> {
+    pub(crate) fn new(handle: &Handle, root: &Path) -> Rc<Self> {
         let store = root.join("store");
         let scratch = root.join("scratch");
         std::fs::create_dir_all(&store).expect("store dir");
         std::fs::create_dir_all(&scratch).expect("scratch dir");
         Rc::new(Self {
+            handle: handle.clone(),
             store,
             scratch,
             drvs: RefCell::new(HashMap::new()),
@@ -154,8 +156,6 @@ impl Backend for TestBackend {
             .process_group(0)
             .spawn()
             .map_err(|e| Failure::misc(e.to_string()))?;
-        let pid = child.id();
-        drop(child);
         self.running.set(self.running.get() + 1);
         self.peak_running
             .set(self.peak_running.get().max(self.running.get()));
@@ -166,8 +166,10 @@ impl Backend for TestBackend {
             declared: self.declared(&self.drvs.borrow()[drv]),
             store: self.store.clone(),
             out,
-            pid,
-            log: Some(OwnedFd::from(reader)),
+            process: Process::from_child(&self.handle, child, KillScope::Group)
+                .map_err(|e| Failure::misc(e.to_string()))?,
+            status: None,
+            log: OwnedFd::from(reader),
             valid: Rc::clone(&self.valid),
             registered: Rc::clone(&self.registered),
             running: Rc::clone(&self.running),
@@ -181,8 +183,9 @@ struct TestStarted {
     declared: Option<PathBuf>,
     store: PathBuf,
     out: PathBuf,
-    pid: u32,
-    log: Option<OwnedFd>,
+    process: Process,
+    status: Option<ExitStatus>,
+    log: OwnedFd,
     valid: Rc<RefCell<BTreeSet<PathBuf>>>,
     registered: Rc<RefCell<BTreeMap<PathBuf, usize>>>,
     running: Rc<Cell<usize>>,
@@ -196,18 +199,31 @@ impl Drop for TestStarted {
 
 impl StartedBuild for TestStarted {
     fn pid(&self) -> u32 {
-        self.pid
+        self.process.id()
     }
 
-    fn kill_scope(&self) -> KillScope {
-        KillScope::Group
+    fn log_fd(&self) -> BorrowedFd<'_> {
+        self.log.as_fd()
     }
 
-    fn take_log(&mut self) -> Option<OwnedFd> {
-        self.log.take()
+    fn exit_fd(&self) -> BorrowedFd<'_> {
+        self.process
+            .pidfd()
+            .expect("not reaped before exit_fd is asked")
     }
 
-    fn unprepare(self: Box<Self>, status: ExitStatus) -> Result<Box<dyn UnpreparedBuild>, Failure> {
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        let status = self.process.try_wait()?;
+        self.status = self.status.or(status);
+        Ok(status)
+    }
+
+    fn kill(&mut self) -> io::Result<()> {
+        self.process.kill()
+    }
+
+    fn unprepare(self: Box<Self>) -> Result<Box<dyn UnpreparedBuild>, Failure> {
+        let status = self.status.expect("reaped before unprepare");
         if !status.success() {
             let how = match status.code() {
                 Some(code) => format!("failed with exit code {code}"),

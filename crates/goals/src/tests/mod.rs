@@ -30,11 +30,11 @@ fn drv(name: &str, out: Out, script: &str, inputs: Vec<PathBuf>) -> TestDrv {
 
 /// Runs the worker on `targets`; fails the test if the bound is hit.
 fn run(
+    rt: &Runtime,
     backend: &Rc<TestBackend>,
     settings: Settings,
     targets: &[PathBuf],
 ) -> (Vec<BuildResult>, Vec<Event>) {
-    let rt = Runtime::new().expect("runtime");
     let (tx, rx) = mpsc::channel();
     let dyn_backend: Rc<dyn Backend> = Rc::clone(backend) as Rc<dyn Backend>;
     let worker = Worker::new(rt.handle(), dyn_backend, settings, EventSink::new(tx));
@@ -46,7 +46,6 @@ fn run(
     assert!(started.elapsed() < BOUND);
     worker.shutdown();
     drop(worker);
-    drop(rt);
     (results, rx.try_iter().collect())
 }
 
@@ -57,7 +56,8 @@ fn statuses(results: &[BuildResult]) -> Vec<BuildStatus> {
 #[test]
 fn a_diamond_builds_each_derivation_once_then_finds_it_valid() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let b = TestBackend::new(tmp.path());
+    let rt = Runtime::new().expect("runtime");
+    let b = TestBackend::new(rt.handle(), tmp.path());
     let d = b.add(drv("d", Out::Named("d".into()), "echo d > $out", vec![]));
     let l = b.add(drv(
         "l",
@@ -81,7 +81,7 @@ fn a_diamond_builds_each_derivation_once_then_finds_it_valid() {
         max_jobs: 2,
         ..Settings::default()
     };
-    let (results, events) = run(&b, settings.clone(), std::slice::from_ref(&top));
+    let (results, events) = run(&rt, &b, settings.clone(), std::slice::from_ref(&top));
     assert_eq!(statuses(&results), [BuildStatus::Built]);
     assert_eq!(results[0].outputs["out"], b.store.join("top"));
     assert_eq!(b.started.borrow().len(), 4, "each derivation built once");
@@ -92,7 +92,7 @@ fn a_diamond_builds_each_derivation_once_then_finds_it_valid() {
     assert_eq!(created, 4, "goals deduplicated by .drv path");
     assert!(b.registered.borrow().values().all(|&n| n == 1));
 
-    let (again, _) = run(&b, settings, &[top.clone(), top]);
+    let (again, _) = run(&rt, &b, settings, &[top.clone(), top]);
     assert_eq!(statuses(&again), [BuildStatus::AlreadyValid; 2]);
     assert_eq!(b.started.borrow().len(), 4);
 }
@@ -100,7 +100,8 @@ fn a_diamond_builds_each_derivation_once_then_finds_it_valid() {
 #[test]
 fn build_slots_bound_concurrent_builders() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let b = TestBackend::new(tmp.path());
+    let rt = Runtime::new().expect("runtime");
+    let b = TestBackend::new(rt.handle(), tmp.path());
     let targets: Vec<_> = (0..6)
         .map(|i| {
             b.add(drv(
@@ -115,7 +116,7 @@ fn build_slots_bound_concurrent_builders() {
         max_jobs: 2,
         ..Settings::default()
     };
-    let (results, _) = run(&b, settings, &targets);
+    let (results, _) = run(&rt, &b, settings, &targets);
     assert_eq!(statuses(&results), [BuildStatus::Built; 6]);
     assert_eq!(b.peak_running.get(), 2);
 }
@@ -123,7 +124,8 @@ fn build_slots_bound_concurrent_builders() {
 #[test]
 fn a_failed_input_fails_its_dependents_naming_it_with_keep_going() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let b = TestBackend::new(tmp.path());
+    let rt = Runtime::new().expect("runtime");
+    let b = TestBackend::new(rt.handle(), tmp.path());
     let bad = b.add(drv(
         "bad",
         Out::Named("bad".into()),
@@ -146,7 +148,7 @@ fn a_failed_input_fails_its_dependents_naming_it_with_keep_going() {
         keep_going: true,
         ..Settings::default()
     };
-    let (results, events) = run(&b, settings, &[top, good, bad.clone()]);
+    let (results, events) = run(&rt, &b, settings, &[top, good, bad.clone()]);
     assert_eq!(
         statuses(&results),
         [
@@ -171,7 +173,8 @@ fn a_failed_input_fails_its_dependents_naming_it_with_keep_going() {
 #[test]
 fn the_first_failure_stops_the_others_and_kills_their_builders() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let b = TestBackend::new(tmp.path());
+    let rt = Runtime::new().expect("runtime");
+    let b = TestBackend::new(rt.handle(), tmp.path());
     let slow = b.add(drv(
         "slow",
         Out::Named("slow".into()),
@@ -189,7 +192,7 @@ fn the_first_failure_stops_the_others_and_kills_their_builders() {
         ..Settings::default()
     };
     let started = Instant::now();
-    let (results, _) = run(&b, settings, &[slow, bad]);
+    let (results, _) = run(&rt, &b, settings, &[slow, bad]);
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(
         statuses(&results),
@@ -205,7 +208,8 @@ fn the_first_failure_stops_the_others_and_kills_their_builders() {
 #[test]
 fn nix_15846_three_fixed_outputs_do_not_hang() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let b = TestBackend::new(tmp.path());
+    let rt = Runtime::new().expect("runtime");
+    let b = TestBackend::new(rt.handle(), tmp.path());
     let flood = "i=0; while [ $i -lt 40 ]; do head -c 32768 /dev/zero | tr '\\0' x; echo; sleep 0.02; i=$((i+1)); done";
     let slow = b.add(drv(
         "fixed",
@@ -230,7 +234,7 @@ fn nix_15846_three_fixed_outputs_do_not_hang() {
         keep_going: true,
         ..Settings::default()
     };
-    let (results, events) = run(&b, settings, &[slow, bad1, bad2]);
+    let (results, events) = run(&rt, &b, settings, &[slow, bad1, bad2]);
     assert_eq!(
         statuses(&results),
         [
@@ -264,7 +268,8 @@ fn nix_15846_three_fixed_outputs_do_not_hang() {
 #[test]
 fn swapped_hashes_both_fail_without_hanging() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let b = TestBackend::new(tmp.path());
+    let rt = Runtime::new().expect("runtime");
+    let b = TestBackend::new(rt.handle(), tmp.path());
     let chatty = "i=0; while [ $i -lt 20 ]; do head -c 16384 /dev/zero | tr '\\0' y; echo; sleep 0.01; i=$((i+1)); done";
     let a = b.add(drv(
         "same",
@@ -283,7 +288,7 @@ fn swapped_hashes_both_fail_without_hanging() {
         keep_going: true,
         ..Settings::default()
     };
-    let (results, _) = run(&b, settings, &[a, c]);
+    let (results, _) = run(&rt, &b, settings, &[a, c]);
     assert_eq!(statuses(&results), [BuildStatus::HashMismatch; 2]);
     assert_eq!(exit_status(&results), 102);
 }
@@ -291,7 +296,8 @@ fn swapped_hashes_both_fail_without_hanging() {
 #[test]
 fn floating_content_addressed_output_reuses_the_fixed_output_path() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let b = TestBackend::new(tmp.path());
+    let rt = Runtime::new().expect("runtime");
+    let b = TestBackend::new(rt.handle(), tmp.path());
     let fod = b.add(drv(
         "x",
         Out::Fixed("c".into()),
@@ -303,7 +309,7 @@ fn floating_content_addressed_output_reuses_the_fixed_output_path() {
         max_jobs: 2,
         ..Settings::default()
     };
-    let (results, events) = run(&b, settings, &[fod, floating]);
+    let (results, events) = run(&rt, &b, settings, &[fod, floating]);
     assert_eq!(statuses(&results), [BuildStatus::Built; 2]);
     let p = b.fixed_path("c", "x");
     assert!(
@@ -324,7 +330,8 @@ fn floating_content_addressed_output_reuses_the_fixed_output_path() {
 #[test]
 fn limits_end_builds_with_their_own_failure() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let b = TestBackend::new(tmp.path());
+    let rt = Runtime::new().expect("runtime");
+    let b = TestBackend::new(rt.handle(), tmp.path());
     let silent = b.add(drv(
         "silent",
         Out::Named("s".into()),
@@ -339,7 +346,7 @@ fn limits_end_builds_with_their_own_failure() {
         },
         ..Settings::default()
     };
-    let (results, _) = run(&b, settings, std::slice::from_ref(&silent));
+    let (results, _) = run(&rt, &b, settings, std::slice::from_ref(&silent));
     assert_eq!(statuses(&results), [BuildStatus::TimedOut]);
     assert!(
         results[0]
@@ -363,7 +370,7 @@ fn limits_end_builds_with_their_own_failure() {
         },
         ..Settings::default()
     };
-    let (results, _) = run(&b, settings, std::slice::from_ref(&busy));
+    let (results, _) = run(&rt, &b, settings, std::slice::from_ref(&busy));
     assert_eq!(statuses(&results), [BuildStatus::TimedOut]);
 
     let flood = b.add(drv(
@@ -379,7 +386,7 @@ fn limits_end_builds_with_their_own_failure() {
         },
         ..Settings::default()
     };
-    let (results, _) = run(&b, settings, std::slice::from_ref(&flood));
+    let (results, _) = run(&rt, &b, settings, std::slice::from_ref(&flood));
     assert_eq!(statuses(&results), [BuildStatus::LogLimitExceeded]);
     assert!(
         results[0]
@@ -394,7 +401,8 @@ fn limits_end_builds_with_their_own_failure() {
 #[test]
 fn log_lines_are_forwarded_as_events_with_dash_l() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let b = TestBackend::new(tmp.path());
+    let rt = Runtime::new().expect("runtime");
+    let b = TestBackend::new(rt.handle(), tmp.path());
     let d = b.add(drv(
         "talk",
         Out::Named("talk".into()),
@@ -405,7 +413,7 @@ fn log_lines_are_forwarded_as_events_with_dash_l() {
         forward_logs: true,
         ..Settings::default()
     };
-    let (_, events) = run(&b, settings, &[d]);
+    let (_, events) = run(&rt, &b, settings, &[d]);
     let lines: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
