@@ -441,7 +441,10 @@ impl Parser<'_> {
         let mut has_escape = false;
         let end = loop {
             match self.bytes.get(self.pos) {
-                None => return Err(self.expected("'\"' ending a string")),
+                None => {
+                    self.pos = self.bytes.len();
+                    return Err(self.expected("'\"' ending a string"));
+                }
                 Some(b'"') => break self.pos,
                 Some(b'\\') => {
                     has_escape = true;
@@ -535,6 +538,15 @@ mod tests {
         let err = Derivation::parse_aterm(b"Derive([],[],[],\"s\",\"b\",[],[])x", "x", &dir())
             .unwrap_err();
         assert!(matches!(err, DerivationError::TrailingData { offset: 30 }));
+    }
+
+    #[test]
+    fn backslash_at_the_end() {
+        let err = Derivation::parse_aterm(b"Derive([],[],[],\"s\\", "x", &dir()).unwrap_err();
+        assert!(
+            matches!(err, DerivationError::Syntax { offset: 19, .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -428,6 +428,14 @@ mod tests {
         assert!(err.to_string().contains("version 5"), "{err}");
         assert!(Derivation::from_json("[]", &dir).is_err());
         assert!(Derivation::from_json("{}", &dir).is_err());
+        let bad_output = r#"{"name":"x","version":4,
+            "outputs":{"out":{"method":"nar"}},"inputs":{"srcs":[],"drvs":{}},
+            "system":"s","builder":"b","args":[],"env":{}}"#;
+        let err = Derivation::from_json(bad_output, &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown kind of derivation output"), "{err}");
+        assert!(err.contains("line 2 column"), "{err}");
         let err = Derivation::from_json("{\n  \"a\": ", &dir).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
     }
