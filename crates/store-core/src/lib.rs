@@ -10,13 +10,17 @@
 //! - [`store_path`]: [`StorePath`] (a validated base name) and
 //!   [`StoreDir`], which renders, parses and computes store paths.
 //! - [`content_address`]: how content-addressed paths are derived.
+//! - [`derivation`]: [`Derivation`], its `.drv` (ATerm) and JSON forms, hash
+//!   modulo and output paths.
 
 pub mod content_address;
+pub mod derivation;
 pub mod hash;
 pub mod nixbase32;
 pub mod store_path;
 
 pub use content_address::{ContentAddress, ContentAddressMethod};
+pub use derivation::Derivation;
 
 pub use hash::{Hash, HashAlgo};
 pub use store_path::{StoreDir, StorePath};
