@@ -52,7 +52,7 @@ impl HashCommand {
             } else {
                 hash_file(path, args.algo)?
             };
-            println!("{}", hash.encode(encoding, encoding == HashEncoding::Sri));
+            super::emit(&hash.encode(encoding, encoding == HashEncoding::Sri))?;
         }
         Ok(())
     }

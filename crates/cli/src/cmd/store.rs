@@ -82,6 +82,6 @@ fn add(args: &AddArgs) -> Result<()> {
     if !args.dry_run {
         bail!("adding to a store needs the local store; use --dry-run to compute the path");
     }
-    println!("{}", store_dir.display(&path));
+    super::emit(&store_dir.display(&path))?;
     Ok(())
 }
