@@ -76,6 +76,139 @@ fn derivation_show_gives_the_drv_path_and_output_paths() {
     }
 }
 
+/// Builds a file tree from its description in `nar.jsonl`.
+fn build_tree(path: &std::path::Path, node: &Value) {
+    use std::os::unix::fs::PermissionsExt as _;
+    match node["type"].as_str().unwrap() {
+        "regular" => {
+            let contents = match (node.get("contents_utf8"), node.get("contents_base64")) {
+                (Some(Value::String(text)), _) => text.clone().into_bytes(),
+                (_, Some(Value::String(b64))) => decode_base64(b64),
+                _ => Vec::new(),
+            };
+            std::fs::write(path, contents).unwrap();
+            let mode = node.get("mode").and_then(Value::as_u64).map_or_else(
+                || {
+                    if node["executable"] == true {
+                        0o755
+                    } else {
+                        0o644
+                    }
+                },
+                |m| m as u32,
+            );
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        "symlink" => std::os::unix::fs::symlink(node["target"].as_str().unwrap(), path).unwrap(),
+        "directory" => {
+            std::fs::create_dir(path).unwrap();
+            for (name, child) in node["entries"].as_object().unwrap() {
+                build_tree(&path.join(name), child);
+            }
+        }
+        other => panic!("unknown node type {other}"),
+    }
+}
+
+#[test]
+fn nar_dump_restore_hash_and_add_match_nix() {
+    let dir = tempfile::tempdir().unwrap();
+    for case in jsonl("nix-2.8/nar.jsonl") {
+        let id = case["id"].as_str().unwrap();
+        let tree = dir.path().join(id);
+        build_tree(&tree, &case["tree"]);
+        let expected = std::fs::read(vector(&format!(
+            "nix-2.8/{}",
+            case["nar_file"].as_str().unwrap()
+        )))
+        .unwrap();
+
+        let dump = run(larder().args(["nar", "dump"]).arg(&tree));
+        assert!(dump.status.success(), "{id}");
+        assert!(dump.stdout == expected, "{id}: NAR bytes differ");
+
+        let hash = stdout_of(larder().args(["hash", "path"]).arg(&tree));
+        assert_eq!(
+            hash.trim(),
+            case["nar_sha256_sri"].as_str().unwrap(),
+            "{id}"
+        );
+        let hash = stdout_of(larder().args(["hash", "path", "--base32"]).arg(&tree));
+        assert_eq!(
+            hash.trim(),
+            case["nar_sha256_nix32"].as_str().unwrap(),
+            "{id}"
+        );
+
+        let added = stdout_of(
+            larder()
+                .args(["store", "add", "--dry-run", "--name", id])
+                .arg(&tree),
+        );
+        assert_eq!(
+            added.trim(),
+            case["source_store_path"].as_str().unwrap(),
+            "{id}"
+        );
+
+        let restored = dir.path().join(format!("{id}.restored"));
+        let mut restore = larder()
+            .args(["nar", "restore"])
+            .arg(&restored)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut restore.stdin.take().unwrap(), &expected).unwrap();
+        assert!(restore.wait().unwrap().success(), "{id}: restore");
+        let again = run(larder().args(["nar", "dump"]).arg(&restored));
+        assert!(
+            again.stdout == expected,
+            "{id}: restored tree dumps differently"
+        );
+    }
+}
+
+#[test]
+fn store_add_dry_run_gives_nix_fixed_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    for case in jsonl("nix-2.8/store-paths.jsonl") {
+        let (Some("fixed"), Some("flat"), Some("sha256")) = (
+            case["kind"].as_str(),
+            case["method"].as_str(),
+            case["algo"].as_str(),
+        ) else {
+            continue;
+        };
+        let content = match (case.get("content_utf8"), case.get("content_base64")) {
+            (Some(Value::String(text)), _) => text.clone().into_bytes(),
+            (_, Some(Value::String(b64))) => decode_base64(b64),
+            _ => continue,
+        };
+        let file = dir.path().join("content");
+        std::fs::write(&file, content).unwrap();
+        let name = case["name"].as_str().unwrap();
+        let out = stdout_of(
+            larder()
+                .args([
+                    "store",
+                    "add",
+                    "--dry-run",
+                    "--mode",
+                    "flat",
+                    "--name",
+                    name,
+                ])
+                .arg(&file),
+        );
+        assert_eq!(
+            out.trim(),
+            case["store_path"].as_str().unwrap(),
+            "{}",
+            case["id"]
+        );
+    }
+}
+
 #[test]
 fn bad_input_is_one_line_and_exit_1() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,6 +217,7 @@ fn bad_input_is_one_line_and_exit_1() {
     let bad_json = dir.path().join("bad.json");
     std::fs::write(&bad_json, "{\"version\": 4, \"name\": 3}").unwrap();
     let missing = dir.path().join("missing");
+    let not_a_nar = dir.path().join("not-a-nar");
     for args in [
         vec![
             "derivation".into(),
@@ -108,7 +242,9 @@ fn bad_input_is_one_line_and_exit_1() {
             garbled.into_os_string(),
         ],
     ] {
-        let out = run(larder().args(&args));
+        let out = run(larder()
+            .args(&args)
+            .stdin(std::fs::File::open(&bad_json).unwrap()));
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert!(out.stdout.is_empty(), "{args:?} printed on stdout");

@@ -2,6 +2,7 @@
 
 mod derivation;
 mod hash;
+mod nar;
 mod store;
 
 use std::io::{self, Write as _};
@@ -19,6 +20,9 @@ pub(crate) enum Command {
     /// Inspect derivations.
     #[command(subcommand)]
     Derivation(derivation::DerivationCommand),
+    /// Write and read Nix archives (NAR).
+    #[command(subcommand)]
+    Nar(nar::NarCommand),
     /// Work with the store.
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -29,6 +33,7 @@ impl Command {
         match self {
             Self::Derivation(cmd) => cmd.run(),
             Self::Hash(cmd) => cmd.run(),
+            Self::Nar(cmd) => cmd.run(),
             Self::Store(cmd) => cmd.run(),
         }?;
         Ok(ExitCode::SUCCESS)
