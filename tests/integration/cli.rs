@@ -218,32 +218,32 @@ fn bad_input_is_one_line_and_exit_1() {
     std::fs::write(&bad_json, "{\"version\": 4, \"name\": 3}").unwrap();
     let missing = dir.path().join("missing");
     let not_a_nar = dir.path().join("not-a-nar");
-    for args in [
-        vec![
-            "derivation".into(),
-            "show".into(),
-            garbled.clone().into_os_string(),
+    let cases: [&[&std::ffi::OsStr]; 7] = [
+        &["derivation".as_ref(), "show".as_ref(), garbled.as_os_str()],
+        &["derivation".as_ref(), "show".as_ref(), bad_json.as_os_str()],
+        &["hash".as_ref(), "file".as_ref(), missing.as_os_str()],
+        &["hash".as_ref(), "path".as_ref(), missing.as_os_str()],
+        &[
+            "hash".as_ref(),
+            "file".as_ref(),
+            "--type".as_ref(),
+            "sha3".as_ref(),
+            garbled.as_os_str(),
         ],
-        vec![
-            "derivation".into(),
-            "show".into(),
-            bad_json.clone().into_os_string(),
+        // Standard input is the JSON file: not a NAR.
+        &["nar".as_ref(), "restore".as_ref(), not_a_nar.as_os_str()],
+        &[
+            "store".as_ref(),
+            "add".as_ref(),
+            "--dry-run".as_ref(),
+            "--name".as_ref(),
+            "a b".as_ref(),
+            bad_json.as_os_str(),
         ],
-        vec![
-            "hash".into(),
-            "file".into(),
-            missing.clone().into_os_string(),
-        ],
-        vec![
-            "hash".into(),
-            "file".into(),
-            "--type".into(),
-            "sha3".into(),
-            garbled.into_os_string(),
-        ],
-    ] {
+    ];
+    for args in cases {
         let out = run(larder()
-            .args(&args)
+            .args(args)
             .stdin(std::fs::File::open(&bad_json).unwrap()));
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let stderr = String::from_utf8(out.stderr).unwrap();

@@ -2,7 +2,7 @@
 //! belong to the `larder-cli` package so that they can run the real `larder`
 //! binary; shared helpers live in `support`.
 
-#![allow(clippy::unwrap_used, clippy::print_stderr)]
+#![allow(clippy::unwrap_used, clippy::print_stderr, unreachable_pub)]
 
 mod cli;
 mod support;

@@ -37,16 +37,3 @@ pub fn stdout_of(cmd: &mut Command) -> String {
     );
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
-
-/// Whether a program is installed (it starts and exits successfully).
-pub fn have(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .output()
-        .is_ok_and(|out| out.status.success())
-}
-
-/// Says why a test is skipped, so a skip is never silent.
-pub fn skip(test: &str, why: &str) {
-    eprintln!("SKIPPED {test}: {why}");
-}
