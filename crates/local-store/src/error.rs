@@ -153,6 +153,15 @@ pub enum Error {
     /// A log is not a derivation's.
     #[error("'{0}' is not a derivation, so it has no build log")]
     NotDerivation(String),
+    /// Committing a staged path needs its lock, which the guard lacks.
+    #[error("cannot add path '{0}': the caller does not hold its lock")]
+    NotLocked(String),
+    /// Archiving or hashing a path failed.
+    #[error(transparent)]
+    Nar(#[from] larder_store_core::nar::DumpError),
+    /// Locking a path failed.
+    #[error(transparent)]
+    Lock(#[from] larder_pathlocks::Error),
     /// A store path does not parse.
     #[error(transparent)]
     StorePath(#[from] StorePathError),

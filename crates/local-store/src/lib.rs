@@ -10,22 +10,31 @@
 //! - [`schema`]: the database schema and its version.
 //! - [`store`]: [`LocalStore`]: open, query, register, invalidate.
 //! - [`path_info`]: [`PathInfo`], a valid path's metadata, and its JSON.
+//! - [`add`]: adding files, trees and texts ([`AddOptions`], [`StagedPath`]).
+//! - [`verify`]: checking the store against its database ([`VerifyReport`]).
 //! - [`logs`]: storing and reading build logs.
-//! - [`error`]: [`Error`].
+//! - [`error`]: the crate's [`Error`] type.
 
+pub mod add;
 pub mod error;
 pub mod layout;
 pub mod logs;
 pub mod path_info;
 pub mod schema;
 pub mod store;
+pub mod verify;
 
 mod db;
 mod fsutil;
+mod ingest;
+#[cfg(test)]
+mod test_util;
 
+pub use add::{AddOptions, StagedPath};
 pub use error::{Error, Result};
 pub use layout::StoreLayout;
 pub use logs::{BuildLogWriter, LogCompression};
 pub use path_info::{PathInfo, PathInfoJson};
 pub use schema::SCHEMA_VERSION;
 pub use store::{LocalStore, StoreSettings};
+pub use verify::{VerifyProblem, VerifyReport};

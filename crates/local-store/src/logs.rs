@@ -228,3 +228,67 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     s.push(suffix);
     PathBuf::from(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::temp_store;
+
+    fn drv() -> StorePath {
+        StorePath::from_base_name("0123456789abcdfghijklmnpqrsvwxyz-hello.drv").expect("path")
+    }
+
+    #[test]
+    fn logs_round_trip_compressed_and_plain() {
+        let (_dir, store) = temp_store();
+        assert_eq!(store.read_build_log(&drv()).expect("reads"), None);
+        store
+            .add_build_log(&drv(), b"building\ndone\n")
+            .expect("writes");
+        let path = store.build_log_path(&drv()).expect("exists");
+        assert!(
+            path.to_string_lossy()
+                .ends_with("/drvs/01/23456789abcdfghijklmnpqrsvwxyz-hello.drv.bz2")
+        );
+        assert_eq!(&fs::read(&path).expect("read")[..3], b"BZh");
+        assert_eq!(
+            store.read_build_log(&drv()).expect("reads").as_deref(),
+            Some(&b"building\ndone\n"[..])
+        );
+
+        // A plain log is preferred, as in Nix.
+        let mut writer = store
+            .build_log_writer(&drv(), LogCompression::None)
+            .expect("writer");
+        writer.write_all(b"plain").expect("write");
+        assert_eq!(
+            store.read_build_log(&drv()).expect("reads").as_deref(),
+            Some(&b"building\ndone\n"[..]),
+            "unfinished logs are invisible"
+        );
+        writer.finish().expect("finishes");
+        assert_eq!(
+            store.read_build_log(&drv()).expect("reads").as_deref(),
+            Some(&b"plain"[..])
+        );
+    }
+
+    #[test]
+    fn dropped_writer_leaves_nothing_and_non_derivations_are_refused() {
+        let (_dir, store) = temp_store();
+        let writer = store
+            .build_log_writer(&drv(), LogCompression::Bzip2)
+            .expect("writer");
+        let tmp = writer.tmp_path().to_owned();
+        drop(writer);
+        assert!(!tmp.exists());
+        assert_eq!(store.read_build_log(&drv()).expect("reads"), None);
+        let not_drv =
+            StorePath::from_base_name("0123456789abcdfghijklmnpqrsvwxyz-hello").expect("path");
+        assert!(matches!(
+            store.add_build_log(&not_drv, b"x"),
+            Err(Error::NotDerivation(_))
+        ));
+        assert_eq!(store.read_build_log(&not_drv).expect("reads"), None);
+    }
+}

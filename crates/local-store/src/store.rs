@@ -335,13 +335,14 @@ impl LocalStore {
                     real_path,
                 });
             }
-            if let Some(computed) = info.content_addressed_path(self.store_dir())? {
-                if computed != info.path {
-                    return Err(Error::NotContentAddressed {
-                        path: self.print_path(&info.path),
-                        computed: self.print_path(&computed),
-                    });
-                }
+            if let Some(computed) = info
+                .content_addressed_path(self.store_dir())?
+                .filter(|computed| *computed != info.path)
+            {
+                return Err(Error::NotContentAddressed {
+                    path: self.print_path(&info.path),
+                    computed: self.print_path(&computed),
+                });
             }
         }
         check_acyclic(&by_path, self.store_dir())
@@ -366,10 +367,11 @@ impl LocalStore {
                         Err(rustix::io::Errno::SRCH)
                     )
                 });
-            if !owner_alive {
-                if let Err(e) = fsutil::delete_path(&entry.path()) {
-                    tracing::warn!("could not remove stale scratch folder: {e}");
-                }
+            if owner_alive {
+                continue;
+            }
+            if let Err(e) = fsutil::delete_path(&entry.path()) {
+                tracing::warn!("could not remove stale scratch folder: {e}");
             }
         }
     }
@@ -396,6 +398,7 @@ impl LocalStore {
 }
 
 /// A scratch folder, deleted with its contents when dropped.
+#[derive(Debug)]
 pub(crate) struct ScratchDir {
     pub(crate) path: PathBuf,
 }
@@ -472,4 +475,208 @@ fn check_acyclic(by_path: &BTreeMap<&StorePath, &PathInfo>, store_dir: &StoreDir
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{put_file, temp_store};
+
+    #[test]
+    fn creates_nix_layout_and_schema() {
+        let (_dir, store) = temp_store();
+        let layout = store.layout();
+        assert_eq!(
+            fs::read_to_string(layout.schema_path()).expect("schema file"),
+            "10"
+        );
+        assert!(layout.big_lock_path().exists());
+        assert!(layout.real_store_dir().join(".links").is_dir());
+        let conn = rusqlite::Connection::open(layout.db_path()).expect("opens");
+        let mode: String = conn
+            .query_row("pragma journal_mode", [], |r| r.get(0))
+            .expect("pragma");
+        assert_eq!(mode, "wal");
+        let mut names: Vec<String> = conn
+            .prepare("select name from sqlite_master where sql is not null order by name")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "DeleteSelfRefs",
+                "DerivationOutputs",
+                "IndexDerivationOutputs",
+                "IndexReference",
+                "IndexReferrer",
+                "Refs",
+                "ValidPaths",
+                "sqlite_sequence"
+            ]
+        );
+        // Reopening, also while the first handle is open, works.
+        let again = LocalStore::open(layout.root()).expect("reopens");
+        assert!(again.query_all_valid_paths().expect("query").is_empty());
+    }
+
+    #[test]
+    fn register_and_query_with_references_inside_the_set() {
+        let (_dir, store) = temp_store();
+        let a = put_file(&store, "a", b"a");
+        let mut b = put_file(&store, "b", b"b");
+        b.references = [a.path.clone(), b.path.clone()].into();
+        b.deriver = Some(
+            StorePath::from_base_name("00000000000000000000000000000000-b.drv").expect("path"),
+        );
+        b.ultimate = true;
+        b.sigs = ["k:sig1".to_owned(), "k:sig2".to_owned()].into();
+        b.registration_time = 1234;
+        store
+            .register_paths(&[b.clone(), a.clone()])
+            .expect("registers");
+
+        assert!(store.is_valid(&a.path).expect("query"));
+        let got = store.path_info(&b.path).expect("info");
+        assert_eq!(got, b);
+        let got_a = store.path_info(&a.path).expect("info");
+        assert!(got_a.registration_time > 0);
+        assert_eq!(
+            store.query_referrers(&a.path).expect("referrers"),
+            [b.path.clone()].into()
+        );
+        assert_eq!(
+            store
+                .query_path_from_hash_part(b.path.hash_part())
+                .expect("query"),
+            Some(b.path.clone())
+        );
+        assert_eq!(
+            store
+                .query_path_from_hash_part(&"0".repeat(32))
+                .expect("query"),
+            None
+        );
+        // Invalidation refuses while referred to; self-references do not count.
+        assert!(matches!(
+            store.invalidate_path(&a.path),
+            Err(Error::PathInUse { .. })
+        ));
+        assert!(store.invalidate_path(&b.path).expect("invalidates"));
+        assert!(store.invalidate_path(&a.path).expect("invalidates"));
+        assert!(store.query_all_valid_paths().expect("all").is_empty());
+    }
+
+    #[test]
+    fn bad_registrations_write_nothing() {
+        let (_dir, store) = temp_store();
+        let a = put_file(&store, "a", b"a");
+        let mut b = put_file(&store, "b", b"b");
+        let missing = put_file(&store, "missing", b"m");
+        b.references = [missing.path.clone()].into();
+        let err = store.register_paths(&[a.clone(), b.clone()]).unwrap_err();
+        assert!(matches!(err, Error::MissingReference { .. }), "{err}");
+        assert!(!store.is_valid(&a.path).expect("query"), "rolled back");
+
+        let mut gone = put_file(&store, "gone", b"g");
+        fs::remove_file(store.layout().real_path(&gone.path)).expect("rm");
+        let err = store.register_paths(&[gone.clone()]).unwrap_err();
+        assert!(matches!(err, Error::MissingOnDisk { .. }), "{err}");
+
+        let mut x = put_file(&store, "x", b"x");
+        let mut y = put_file(&store, "y", b"y");
+        x.references = [y.path.clone()].into();
+        y.references = [x.path.clone()].into();
+        let err = store.register_paths(&[x, y]).unwrap_err();
+        assert!(matches!(err, Error::ReferenceCycle { .. }), "{err}");
+
+        gone.path = a.path.clone();
+        let err = store.register_paths(&[a.clone(), gone]).unwrap_err();
+        assert!(matches!(err, Error::DuplicatePath(_)), "{err}");
+
+        let mut sha1 = a.clone();
+        sha1.nar_hash = larder_store_core::HashAlgo::Sha1.digest(b"a");
+        let err = store.register_paths(&[sha1]).unwrap_err();
+        assert!(matches!(err, Error::NarHashNotSha256 { .. }), "{err}");
+
+        let mut fake_ca = a.clone();
+        fake_ca.ca = Some(larder_store_core::ContentAddress {
+            method: larder_store_core::ContentAddressMethod::Text,
+            hash: fake_ca.nar_hash,
+        });
+        let err = store.register_paths(&[fake_ca]).unwrap_err();
+        assert!(matches!(err, Error::NotContentAddressed { .. }), "{err}");
+        assert!(store.query_all_valid_paths().expect("all").is_empty());
+    }
+
+    #[test]
+    fn registering_again_updates() {
+        let (_dir, store) = temp_store();
+        let mut a = put_file(&store, "a", b"a");
+        store.register_paths(std::slice::from_ref(&a)).expect("registers");
+        a.ultimate = true;
+        store.register_paths(&[a.clone()]).expect("registers again");
+        assert!(store.path_info(&a.path).expect("info").ultimate);
+    }
+
+    #[test]
+    fn delete_invalid_path_refuses_valid_ones() {
+        let (_dir, store) = temp_store();
+        let a = put_file(&store, "a", b"a");
+        let b = put_file(&store, "b", b"b");
+        store.register_paths(std::slice::from_ref(&a)).expect("registers");
+        assert!(matches!(
+            store.delete_invalid_path(&a.path),
+            Err(Error::DeleteValid(_))
+        ));
+        assert!(store.delete_invalid_path(&b.path).expect("deletes"));
+        assert!(!store.layout().real_path(&b.path).exists());
+        assert!(!store.delete_invalid_path(&b.path).expect("nothing there"));
+    }
+
+    #[test]
+    fn schema_versions_are_checked() {
+        let (dir, store) = temp_store();
+        let layout = store.layout().clone();
+        drop(store);
+        fs::write(layout.schema_path(), "11").expect("write");
+        assert!(matches!(
+            LocalStore::open(layout.root()),
+            Err(Error::SchemaTooNew { found: 11, .. })
+        ));
+        fs::write(layout.schema_path(), "7").expect("write");
+        assert!(matches!(
+            LocalStore::open(layout.root()),
+            Err(Error::SchemaTooOld { found: 7, .. })
+        ));
+        fs::write(layout.schema_path(), "ten").expect("write");
+        assert!(matches!(
+            LocalStore::open(layout.root()),
+            Err(Error::SchemaCorrupt { .. })
+        ));
+        fs::write(layout.schema_path(), "10").expect("write");
+        fs::write(layout.db_path(), b"this is not a database, just some bytes that are long enough to be read as a header........").expect("write");
+        for wal in ["db.sqlite-wal", "db.sqlite-shm"] {
+            let _ = fs::remove_file(layout.db_dir().join(wal));
+        }
+        let err = LocalStore::open(layout.root()).unwrap_err();
+        assert!(matches!(err, Error::Database { .. }), "{err}");
+        assert!(err.to_string().contains("db.sqlite"), "{err}");
+        drop(dir);
+    }
+
+    #[test]
+    fn stale_scratch_folders_are_swept() {
+        let (_dir, store) = temp_store();
+        let stale = store.layout().scratch_dir().join("999999999-0");
+        fs::create_dir_all(stale.join("x")).expect("mkdir");
+        let mine = store.new_scratch_dir().expect("scratch");
+        let reopened = LocalStore::open(store.layout().root()).expect("reopens");
+        assert!(!stale.exists());
+        assert!(mine.path.exists(), "a live process's folder stays");
+        drop(reopened);
+    }
 }
