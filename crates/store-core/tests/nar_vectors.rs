@@ -247,3 +247,39 @@ fn upstream_messages_match_nix() {
         assert!(err.to_string().contains(message), "{name}: {err}");
     }
 }
+
+#[test]
+fn flat_hashes_match_nix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dumper = Dumper::with_buffer_size(4096);
+    let lines = fs::read_to_string(format!("{NIX_2_8}/hashes.jsonl")).unwrap();
+    for line in lines.lines() {
+        let case: Value = serde_json::from_str(line).unwrap();
+        let contents = match (case.get("content_utf8"), case.get("content_base64")) {
+            (Some(s), _) => s.as_str().unwrap().as_bytes().to_vec(),
+            (None, Some(b)) => BASE64.decode(b.as_str().unwrap().as_bytes()).unwrap(),
+            (None, None) => panic!("case without contents"),
+        };
+        let path = dir.path().join("file");
+        fs::write(&path, &contents).unwrap();
+        let algo: HashAlgo = case["algo"].as_str().unwrap().parse().unwrap();
+        let hash = dumper.hash_file_flat(&path, algo).unwrap();
+        assert_eq!(
+            hash.to_base16(),
+            case["base16"].as_str().unwrap(),
+            "{}",
+            case["id"]
+        );
+        assert_eq!(nar::hash_file_flat(&path, algo).unwrap(), hash);
+    }
+}
+
+#[test]
+fn dump_bytes_is_the_nar_of_a_file() {
+    let case = cases().into_iter().find(|c| c["id"] == "nar-file").unwrap();
+    let expected = fs::read(format!("{NIX_2_8}/{}", case["nar_file"].as_str().unwrap())).unwrap();
+    let mut out = Vec::new();
+    let size = nar::dump_bytes(b"hello\n", &mut out).unwrap();
+    assert!(out == expected);
+    assert_eq!(size, nar::write::dump_bytes_len(6));
+}
