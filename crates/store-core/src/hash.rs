@@ -1,6 +1,6 @@
 //! Hashes as Nix prints and parses them.
 //!
-//! A [`Hash`] always holds a digest of exactly the length its
+//! A [`Hash`](struct@Hash) always holds a digest of exactly the length its
 //! [`HashAlgo`] produces; every constructor checks it. Printing and parsing
 //! follow Nix's `hash.cc`: base16, nix32 and base64, with or without an
 //! `algo:` prefix, and SRI (`algo-base64`).

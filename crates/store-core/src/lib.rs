@@ -6,16 +6,19 @@
 //! computes store paths depends on this crate and nothing else.
 //!
 //! - [`nixbase32`]: Nix's own base-32 encoding.
-//! - [`hash`]: [`Hash`] and [`HashAlgo`], with every encoding Nix prints.
+//! - [`hash`]: [`Hash`](struct@Hash) and [`HashAlgo`], with every encoding Nix prints.
 //! - [`store_path`]: [`StorePath`] (a validated base name) and
 //!   [`StoreDir`], which renders, parses and computes store paths.
 //! - [`content_address`]: how content-addressed paths are derived.
 //! - [`nar`]: Nix archives: writing, hashing, parsing and restoring them.
 //! - [`references`]: finding which store paths a byte stream mentions.
 //! - [`canonicalise`]: the metadata Nix gives a tree before it enters the store.
+//! - [`derivation`]: [`Derivation`], its `.drv` (ATerm) and JSON forms, hash
+//!   modulo and output paths.
 
 pub mod canonicalise;
 pub mod content_address;
+pub mod derivation;
 pub mod hash;
 pub mod nar;
 pub mod nixbase32;
@@ -23,6 +26,7 @@ pub mod references;
 pub mod store_path;
 
 pub use content_address::{ContentAddress, ContentAddressMethod};
+pub use derivation::Derivation;
 
 pub use hash::{Hash, HashAlgo};
 pub use store_path::{StoreDir, StorePath};

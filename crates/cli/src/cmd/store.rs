@@ -1,0 +1,87 @@
+//! `larder store ...`: adding paths to the store.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use larder_store_core::StoreDir;
+use larder_store_core::content_address::ContentAddressMethod;
+use larder_store_core::store_path::StoreReferences;
+
+use super::hash::{hash_file, hash_path};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StoreCommand {
+    /// Add a file or tree to the store and print its store path.
+    Add(AddArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AddArgs {
+    /// How the contents are hashed: `nar` (a tree, "recursive"), `flat`
+    /// (one regular file) or `text` (a text file without references).
+    #[arg(long, value_enum, default_value_t = Mode::Nar)]
+    mode: Mode,
+    /// The name of the store path (default: the file's base name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Only compute and print the store path; add nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The file or directory to add.
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Mode {
+    Flat,
+    Nar,
+    Text,
+}
+
+impl StoreCommand {
+    pub(crate) fn run(self) -> Result<()> {
+        match self {
+            Self::Add(args) => add(&args),
+        }
+    }
+}
+
+fn add(args: &AddArgs) -> Result<()> {
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => args
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| {
+                format!(
+                    "cannot take a store path name from '{}'; use --name",
+                    args.path.display()
+                )
+            })?
+            .to_owned(),
+    };
+    let (method, hash) = match args.mode {
+        Mode::Flat => (
+            ContentAddressMethod::Flat,
+            hash_file(&args.path, larder_store_core::HashAlgo::Sha256)?,
+        ),
+        Mode::Text => (
+            ContentAddressMethod::Text,
+            hash_file(&args.path, larder_store_core::HashAlgo::Sha256)?,
+        ),
+        Mode::Nar => (
+            ContentAddressMethod::Nar,
+            hash_path(&args.path, larder_store_core::HashAlgo::Sha256)?,
+        ),
+    };
+    let store_dir = StoreDir::default();
+    let path =
+        store_dir.make_fixed_output_path(&name, method, &hash, &StoreReferences::default())?;
+    if !args.dry_run {
+        bail!("adding to a store needs the local store; use --dry-run to compute the path");
+    }
+    println!("{}", store_dir.display(&path));
+    Ok(())
+}

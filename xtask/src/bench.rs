@@ -1,0 +1,311 @@
+//! `cargo xtask bench`: every figure the project claims, each printed beside
+//! a peer measured in the same run, and the ratio between them.
+//!
+//! Peers: Nix 2.8 from Debian (`nix hash path`), `openssl dgst -sha256` for
+//! one SHA-256 stream, and larder's own figures where the claim is absolute.
+//! A missing peer is said plainly, never guessed.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::run::{available, cargo, exec, output};
+
+/// One row of the final table.
+struct Row {
+    figure: String,
+    larder: String,
+    peer: String,
+    ratio: String,
+    target: String,
+}
+
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    let quick = match args {
+        [] => false,
+        [flag] if flag == "--quick" => true,
+        _ => bail!("usage: cargo xtask bench [--quick]"),
+    };
+    let reps = if quick { 1 } else { 3 };
+    exec(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "larder-cli",
+        "-p",
+        "larder-store-core",
+        "--examples",
+        "--bins",
+    ]))?;
+    let release = PathBuf::from("target/release");
+    let larder = release.join("larder");
+    let work = PathBuf::from("target/bench");
+    fs::create_dir_all(&work)?;
+
+    let mut rows = Vec::new();
+    let scale = if quick { 10 } else { 1 };
+    let large = work.join("large-files");
+    generate_large_files(&large, 200 / scale)?;
+    let small = work.join("small-files");
+    generate_small_files(&small, 20_000 / scale)?;
+    for (label, tree) in [("large files", &large), ("small files", &small)] {
+        nar_hash_rows(&larder, label, tree, &work, reps, &mut rows)?;
+    }
+    example_rows(&release.join("examples/refscan_bench"), &[], &mut rows)?;
+
+    println!("\n{}", render(&rows));
+    println!("machine: {}", machine()?);
+    Ok(())
+}
+
+/// NAR hashing of `tree`: larder against `nix hash path`, and larder's
+/// SHA-256 of the NAR bytes against `openssl dgst -sha256`.
+fn nar_hash_rows(
+    larder: &Path,
+    label: &str,
+    tree: &Path,
+    work: &Path,
+    reps: usize,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let nar = work.join("tree.nar");
+    let dump = fs::File::create(&nar)?;
+    let status = Command::new(larder)
+        .args(["nar", "dump"])
+        .arg(tree)
+        .stdout(dump)
+        .status()?;
+    if !status.success() {
+        bail!("larder nar dump {} failed", tree.display());
+    }
+    let size = fs::metadata(&nar)?.len() as f64;
+    let mb = size / 1e6;
+
+    let ours = best_of(reps, Command::new(larder).args(["hash", "path"]).arg(tree))?;
+    let nix = if available("nix", &["--version"]) {
+        Some(best_of(
+            reps,
+            Command::new("nix")
+                .args([
+                    "--extra-experimental-features",
+                    "nix-command",
+                    "hash",
+                    "path",
+                ])
+                .arg(tree),
+        )?)
+    } else {
+        None
+    };
+    rows.push(throughput_row(
+        &format!("NAR hash, {label} ({mb:.0} MB)"),
+        mb,
+        ours,
+        nix.map(|t| ("nix hash path", t)),
+        "≥ 1.0x Nix",
+    ));
+
+    let ours_stream = best_of(reps, Command::new(larder).args(["hash", "file"]).arg(&nar))?;
+    let openssl = if available("openssl", &["version"]) {
+        Some(best_of(
+            reps,
+            Command::new("openssl").args(["dgst", "-sha256"]).arg(&nar),
+        )?)
+    } else {
+        None
+    };
+    rows.push(throughput_row(
+        &format!("SHA-256 of that NAR file ({mb:.0} MB)"),
+        mb,
+        ours_stream,
+        openssl.map(|t| ("openssl dgst -sha256", t)),
+        "for scale",
+    ));
+    rows.push(Row {
+        figure: format!("NAR hash / one SHA-256 stream, {label}"),
+        larder: format!("{:.2}", ours_stream.as_secs_f64() / ours.as_secs_f64()),
+        peer: "larder's own SHA-256 of the NAR".to_owned(),
+        ratio: String::new(),
+        target: "≥ 0.90".to_owned(),
+    });
+    fs::remove_file(&nar)?;
+    Ok(())
+}
+
+/// Runs a benchmark example that prints one JSON object per figure:
+/// `{"name", "value", "unit", "peer"?, "peer_value"?, "target"?}`.
+fn example_rows(example: &Path, args: &[&str], rows: &mut Vec<Row>) -> Result<()> {
+    let text = output(Command::new(example).args(args))?;
+    for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
+        let figure = parse_figure(line)
+            .with_context(|| format!("reading a figure of {}: {line}", example.display()))?;
+        rows.push(figure);
+    }
+    Ok(())
+}
+
+fn parse_figure(line: &str) -> Option<Row> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let name = value.get("name")?.as_str()?.to_owned();
+    let unit = value.get("unit").and_then(|u| u.as_str()).unwrap_or("");
+    let ours = value.get("value")?.as_f64()?;
+    let (peer, ratio) = match (
+        value.get("peer").and_then(|p| p.as_str()),
+        value.get("peer_value").and_then(serde_json::Value::as_f64),
+    ) {
+        (Some(peer), Some(theirs)) => (
+            format!("{peer}: {theirs:.3} {unit}"),
+            format!("{:.2}x", ours / theirs),
+        ),
+        (Some(peer), None) => (format!("{peer}: missing"), String::new()),
+        _ => ("none (absolute target)".to_owned(), String::new()),
+    };
+    Some(Row {
+        figure: name,
+        larder: format!("{ours:.3} {unit}"),
+        peer,
+        ratio,
+        target: value
+            .get("target")
+            .and_then(|t| t.as_str())
+            .unwrap_or("")
+            .to_owned(),
+    })
+}
+
+fn throughput_row(
+    figure: &str,
+    mb: f64,
+    ours: Duration,
+    peer: Option<(&str, Duration)>,
+    target: &str,
+) -> Row {
+    let rate = |d: Duration| mb / d.as_secs_f64();
+    let (peer, ratio) = match peer {
+        Some((name, theirs)) => (
+            format!("{name}: {:.0} MB/s", rate(theirs)),
+            format!("{:.2}x", theirs.as_secs_f64() / ours.as_secs_f64()),
+        ),
+        None => ("peer missing (not installed)".to_owned(), String::new()),
+    };
+    Row {
+        figure: figure.to_owned(),
+        larder: format!("{:.0} MB/s", rate(ours)),
+        peer,
+        ratio,
+        target: target.to_owned(),
+    }
+}
+
+/// The fastest of `reps` runs, after one warm-up run.
+fn best_of(reps: usize, cmd: &mut Command) -> Result<Duration> {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut best = Duration::MAX;
+    for i in 0..=reps {
+        let start = Instant::now();
+        let status = cmd.status()?;
+        let elapsed = start.elapsed();
+        if !status.success() {
+            bail!("{} failed: {status}", crate::run::render(cmd));
+        }
+        if i > 0 {
+            best = best.min(elapsed);
+        }
+    }
+    Ok(best)
+}
+
+/// About `mb` megabytes in 10 MB files of incompressible bytes, some
+/// executable, with a few symlinks: the shape of a `lib` directory.
+fn generate_large_files(dir: &Path, mb: usize) -> Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let tmp = dir.with_extension("tmp");
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(tmp.join("lib"))?;
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    for i in 0..mb.div_ceil(10) {
+        let path = tmp.join(format!("lib/libbench{i}.so"));
+        fs::write(&path, rng.bytes(10_000_000))?;
+        std::os::unix::fs::symlink(
+            format!("libbench{i}.so"),
+            tmp.join(format!("lib/libbench{i}.so.1")),
+        )?;
+    }
+    fs::rename(&tmp, dir)?;
+    Ok(())
+}
+
+/// `count` files of 1 to 19 KiB in directories of 500.
+fn generate_small_files(dir: &Path, count: usize) -> Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let tmp = dir.with_extension("tmp");
+    let _ = fs::remove_dir_all(&tmp);
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    for i in 0..count {
+        let sub = tmp.join(format!("d{:03}", i / 500));
+        if i % 500 == 0 {
+            fs::create_dir_all(&sub)?;
+        }
+        let len = 1024 * (1 + (rng.next() % 19) as usize);
+        fs::write(sub.join(format!("f{i:05}")), rng.bytes(len))?;
+    }
+    fs::rename(&tmp, dir)?;
+    Ok(())
+}
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&self.next().to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| figure | larder | peer (same run) | ratio | target |\n| --- | --- | --- | --- | --- |\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            r.figure, r.larder, r.peer, r.ratio, r.target
+        );
+    }
+    s
+}
+
+fn machine() -> Result<String> {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    Ok(format!("{cpu}, {cores} cores"))
+}
