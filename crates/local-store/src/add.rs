@@ -5,12 +5,12 @@
 //! between:
 //!
 //! 1. [`LocalStore::stage_path`] / [`LocalStore::stage_text`] copy the
-//!    contents into a private scratch folder inside the store with canonical
-//!    metadata, hash the copy (so a source changing meanwhile cannot make
+//!    contents into a private scratch folder inside the store, hash the copy (so a source changing meanwhile cannot make
 //!    contents and hash disagree) and compute the store path. Nothing is
 //!    locked and nothing visible is written.
 //! 2. [`LocalStore::commit_staged`], under the path's lock, re-checks
 //!    validity, removes an invalid leftover, renames the copy into place,
+//!    makes its metadata canonical (modes 0444/0555, mtime 1, no xattrs),
 //!    syncs it and registers it in one transaction.
 //!
 //! [`LocalStore::add_path`] and [`LocalStore::add_text`] do both with a
@@ -190,7 +190,7 @@ impl LocalStore {
         self.check_references(&staged.info)?;
         fsutil::delete_path(&real)?;
         fs::rename(&staged.copy, &real).io_context("moving into the store", &real)?;
-        ingest::finish_top(&real)?;
+        larder_store_core::canonicalise::canonicalise_path(&real)?;
         self.register_paths(std::slice::from_ref(&staged.info))?;
         self.path_info(&path)
     }

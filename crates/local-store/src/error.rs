@@ -159,9 +159,20 @@ pub enum Error {
     /// Archiving or hashing a path failed.
     #[error(transparent)]
     Nar(#[from] larder_store_core::nar::DumpError),
+    /// Making a path's metadata canonical failed.
+    #[error(transparent)]
+    Canonicalise(#[from] larder_store_core::canonicalise::CanonicaliseError),
     /// Locking a path failed.
     #[error(transparent)]
     Lock(#[from] larder_pathlocks::Error),
+    /// A derivation is malformed or inconsistent.
+    #[error("derivation '{path}': {source}")]
+    BadDerivation {
+        /// The `.drv` path (or where the derivation came from).
+        path: String,
+        /// What is wrong.
+        source: larder_store_core::derivation::DerivationError,
+    },
     /// A store path does not parse.
     #[error(transparent)]
     StorePath(#[from] StorePathError),

@@ -11,11 +11,13 @@
 //! - [`store`]: [`LocalStore`]: open, query, register, invalidate.
 //! - [`path_info`]: [`PathInfo`], a valid path's metadata, and its JSON.
 //! - [`add`]: adding files, trees and texts ([`AddOptions`], [`StagedPath`]).
+//! - [`derivations`]: writing and reading `.drv` files.
 //! - [`verify`]: checking the store against its database ([`VerifyReport`]).
 //! - [`logs`]: storing and reading build logs.
 //! - [`error`]: the crate's [`Error`] type.
 
 pub mod add;
+pub mod derivations;
 pub mod error;
 pub mod layout;
 pub mod logs;

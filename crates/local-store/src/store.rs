@@ -278,7 +278,8 @@ impl LocalStore {
             }
             fsutil::sync_dir(&self.layout.real_store_dir())?;
         }
-        self.db().register(infos, drv_outputs)
+        let drv_outputs = self.read_drv_outputs(infos, drv_outputs)?;
+        self.db().register(infos, &drv_outputs)
     }
 
     /// Removes a valid path from the database (not from disk). Refuses
@@ -616,7 +617,9 @@ mod tests {
     fn registering_again_updates() {
         let (_dir, store) = temp_store();
         let mut a = put_file(&store, "a", b"a");
-        store.register_paths(std::slice::from_ref(&a)).expect("registers");
+        store
+            .register_paths(std::slice::from_ref(&a))
+            .expect("registers");
         a.ultimate = true;
         store.register_paths(&[a.clone()]).expect("registers again");
         assert!(store.path_info(&a.path).expect("info").ultimate);
@@ -627,7 +630,9 @@ mod tests {
         let (_dir, store) = temp_store();
         let a = put_file(&store, "a", b"a");
         let b = put_file(&store, "b", b"b");
-        store.register_paths(std::slice::from_ref(&a)).expect("registers");
+        store
+            .register_paths(std::slice::from_ref(&a))
+            .expect("registers");
         assert!(matches!(
             store.delete_invalid_path(&a.path),
             Err(Error::DeleteValid(_))
