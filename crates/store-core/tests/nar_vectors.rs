@@ -283,3 +283,48 @@ fn dump_bytes_is_the_nar_of_a_file() {
     assert!(out == expected);
     assert_eq!(size, nar::write::dump_bytes_len(6));
 }
+
+#[test]
+fn matches_installed_nix_store_dump() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    use std::process::Command;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    fs::create_dir(&root).unwrap();
+    // Names Nix must sort by raw bytes, including invalid UTF-8 and the
+    // longest name a file system allows.
+    for name in [
+        &b"\xff\xfe"[..],
+        b"Z",
+        b"a",
+        b"\xc3\xa9",
+        b"-",
+        b".hidden",
+        &[b'n'; 255],
+    ] {
+        fs::write(root.join(OsStr::from_bytes(name)), name).unwrap();
+    }
+    let exe = root.join("exe");
+    fs::write(&exe, "#!/bin/sh\n").unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o500)).unwrap();
+    let mut deep = root.join("deep");
+    // root, deep and 61 more levels put `up` at depth 63, the deepest allowed.
+    for _ in 0..61 {
+        deep.push("d");
+    }
+    fs::create_dir_all(&deep).unwrap();
+    std::os::unix::fs::symlink("../../../a", deep.join("up")).unwrap();
+
+    let output = match Command::new("nix-store").arg("--dump").arg(&root).output() {
+        Ok(output) if output.status.success() => output.stdout,
+        _ => {
+            eprintln!("skipping: nix-store is not installed (or could not dump)");
+            return;
+        }
+    };
+    let mut ours = Vec::new();
+    nar::dump_path(&root, &mut ours).unwrap();
+    assert!(ours == output, "NAR differs from nix-store --dump");
+}
