@@ -35,12 +35,13 @@ impl LockFile {
     /// Opens or creates the lock file, mode 0600, close-on-exec, as Nix does.
     pub(crate) fn open(lock_path: &Path) -> Result<Self, Error> {
         let flags = OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC;
-        let fd = rustix::fs::open(lock_path, flags, Mode::from_raw_mode(0o600)).map_err(
-            |errno| Error::Open {
-                lock_path: lock_path.to_owned(),
-                source: errno.into(),
-            },
-        )?;
+        let fd =
+            rustix::fs::open(lock_path, flags, Mode::from_raw_mode(0o600)).map_err(|errno| {
+                Error::Open {
+                    lock_path: lock_path.to_owned(),
+                    source: errno.into(),
+                }
+            })?;
         Ok(LockFile {
             fd,
             lock_path: lock_path.to_owned(),

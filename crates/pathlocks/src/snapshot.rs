@@ -88,14 +88,17 @@ impl LockSnapshot {
     /// The edges of the in-process wait-for graph.
     pub fn wait_for_edges(&self) -> impl Iterator<Item = WaitEdge> + '_ {
         self.waiting.iter().flat_map(|waiter| {
-            waiter.blocked_on.iter().filter_map(move |blocker| match blocker {
-                Blocker::InProcess { path, holder } => Some(WaitEdge {
-                    waiter: waiter.owner,
-                    holder: *holder,
-                    path: path.clone(),
-                }),
-                Blocker::OtherProcess { .. } => None,
-            })
+            waiter
+                .blocked_on
+                .iter()
+                .filter_map(move |blocker| match blocker {
+                    Blocker::InProcess { path, holder } => Some(WaitEdge {
+                        waiter: waiter.owner,
+                        holder: *holder,
+                        path: path.clone(),
+                    }),
+                    Blocker::OtherProcess { .. } => None,
+                })
         })
     }
 
