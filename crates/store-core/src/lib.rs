@@ -13,9 +13,12 @@
 //! - [`nar`]: Nix archives: writing, hashing, parsing and restoring them.
 //! - [`references`]: finding which store paths a byte stream mentions.
 //! - [`canonicalise`]: the metadata Nix gives a tree before it enters the store.
+//! - [`derivation`]: [`Derivation`], its `.drv` (ATerm) and JSON forms, hash
+//!   modulo and output paths.
 
 pub mod canonicalise;
 pub mod content_address;
+pub mod derivation;
 pub mod hash;
 pub mod nar;
 pub mod nixbase32;
@@ -23,6 +26,7 @@ pub mod references;
 pub mod store_path;
 
 pub use content_address::{ContentAddress, ContentAddressMethod};
+pub use derivation::Derivation;
 
 pub use hash::{Hash, HashAlgo};
 pub use store_path::{StoreDir, StorePath};
