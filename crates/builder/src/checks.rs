@@ -72,10 +72,7 @@ pub fn parse_output_checks(
                     disallowed_requisites: list("disallowedRequisites"),
                 }
             }
-            Some(attrs) => match attrs
-                .get("outputChecks")
-                .and_then(|c| c.get(&output))
-            {
+            Some(attrs) => match attrs.get("outputChecks").and_then(|c| c.get(&output)) {
                 None => OutputChecks::default(),
                 Some(spec) => structured_checks(drv_display, spec)?,
             },
@@ -192,45 +189,46 @@ pub fn check_outputs(
                 )));
             }
         }
-        let check_refs = |spec: &Option<Vec<String>>, allowed: bool, recursive: bool| -> Result<()> {
-            let Some(spec) = spec else {
-                return Ok(());
-            };
-            let mut spec_paths = BTreeSet::new();
-            for item in spec {
-                if let Ok(p) = store_dir.parse(item) {
-                    spec_paths.insert(p);
-                } else if let Some((p, _)) = new.get(item) {
-                    spec_paths.insert(p.clone());
-                } else {
-                    return Err(BuildError::misc(format!(
-                        "derivation contains an illegal reference specifier '{item}'"
-                    )));
+        let check_refs =
+            |spec: &Option<Vec<String>>, allowed: bool, recursive: bool| -> Result<()> {
+                let Some(spec) = spec else {
+                    return Ok(());
+                };
+                let mut spec_paths = BTreeSet::new();
+                for item in spec {
+                    if let Ok(p) = store_dir.parse(item) {
+                        spec_paths.insert(p);
+                    } else if let Some((p, _)) = new.get(item) {
+                        spec_paths.insert(p.clone());
+                    } else {
+                        return Err(BuildError::misc(format!(
+                            "derivation contains an illegal reference specifier '{item}'"
+                        )));
+                    }
                 }
-            }
-            let mut used = if recursive {
-                closure(path)?.0
-            } else {
-                info.references.clone()
+                let mut used = if recursive {
+                    closure(path)?.0
+                } else {
+                    info.references.clone()
+                };
+                if recursive && checks.ignore_self_refs {
+                    used.remove(path);
+                }
+                let bad: Vec<&StorePath> = used
+                    .iter()
+                    .filter(|p| spec_paths.contains(*p) != allowed)
+                    .collect();
+                if bad.is_empty() {
+                    return Ok(());
+                }
+                let mut message =
+                    format!("output '{shown}' is not allowed to refer to the following paths:");
+                for p in bad {
+                    message.push_str("\n  ");
+                    message.push_str(&store_dir.display(p));
+                }
+                Err(BuildError::rejected(message))
             };
-            if recursive && checks.ignore_self_refs {
-                used.remove(path);
-            }
-            let bad: Vec<&StorePath> = used
-                .iter()
-                .filter(|p| spec_paths.contains(*p) != allowed)
-                .collect();
-            if bad.is_empty() {
-                return Ok(());
-            }
-            let mut message =
-                format!("output '{shown}' is not allowed to refer to the following paths:");
-            for p in bad {
-                message.push_str("\n  ");
-                message.push_str(&store_dir.display(p));
-            }
-            Err(BuildError::rejected(message))
-        };
         check_refs(&checks.allowed_references, true, false)?;
         check_refs(&checks.allowed_requisites, true, true)?;
         check_refs(&checks.disallowed_references, false, false)?;

@@ -96,8 +96,10 @@ impl BuilderEnv {
             ));
             env.vars
                 .insert("NIX_ATTRS_SH_FILE".to_owned(), format!("{tmp}/.attrs.sh"));
-            env.vars
-                .insert("NIX_ATTRS_JSON_FILE".to_owned(), format!("{tmp}/.attrs.json"));
+            env.vars.insert(
+                "NIX_ATTRS_JSON_FILE".to_owned(),
+                format!("{tmp}/.attrs.json"),
+            );
         } else {
             let pass_as_file: Vec<&str> = drv
                 .env
@@ -115,11 +117,12 @@ impl BuilderEnv {
                 let value = drv.env.get(*name).cloned().unwrap_or_default();
                 env.files
                     .push((file.clone(), inputs.rewrites.apply(&value).into_bytes()));
-                env.vars.insert(format!("{name}Path"), format!("{tmp}/{file}"));
+                env.vars
+                    .insert(format!("{name}Path"), format!("{tmp}/{file}"));
             }
             if let Some(graph) = drv.env.get("exportReferencesGraph") {
                 let words: Vec<&str> = graph.split_ascii_whitespace().collect();
-                if words.len() % 2 != 0 {
+                if !words.len().is_multiple_of(2) {
                     return Err(BuildError::misc(format!(
                         "odd number of tokens in 'exportReferencesGraph': '{graph}'"
                     )));
@@ -137,14 +140,7 @@ impl BuilderEnv {
             }
         }
 
-        for name in [
-            "NIX_BUILD_TOP",
-            "TMPDIR",
-            "TEMPDIR",
-            "TMP",
-            "TEMP",
-            "PWD",
-        ] {
+        for name in ["NIX_BUILD_TOP", "TMPDIR", "TEMPDIR", "TMP", "TEMP", "PWD"] {
             env.vars.insert(name.to_owned(), tmp.to_owned());
         }
         if inputs.kind == DerivationKind::Fixed {

@@ -76,7 +76,11 @@ impl fmt::Display for ExitStatus {
         match self {
             Self::Code(code) => write!(f, "failed with exit code {code}"),
             Self::Signal(signal) => {
-                write!(f, "failed due to signal {signal} ({})", signal_name(*signal))
+                write!(
+                    f,
+                    "failed due to signal {signal} ({})",
+                    signal_name(*signal)
+                )
             }
         }
     }

@@ -54,7 +54,10 @@ impl Rewrites {
 /// not known when it is written.
 #[must_use]
 pub fn hash_placeholder(output: &str) -> String {
-    format!("/{}", nixbase32::encode(&sha256(format!("nix-output:{output}"))))
+    format!(
+        "/{}",
+        nixbase32::encode(&sha256(format!("nix-output:{output}")))
+    )
 }
 
 #[cfg(test)]
