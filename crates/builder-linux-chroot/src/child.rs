@@ -10,14 +10,17 @@
 //! record ([`Failure`]) and the child exits; the parent turns the record into
 //! a message.
 
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 
-use rustix::fs::{Mode, StatVfsMountFlags};
+use rustix::fs::{CWD, Mode, OFlags, StatVfsMountFlags};
 use rustix::io::Errno;
-use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use rustix::mount::{
+    MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags,
+};
 use rustix::process::{Resource, Rlimit, Signal};
 use rustix::thread::UnshareFlags;
 
+use crate::chroot::Op;
 use crate::plan::ChildPlan;
 use crate::spec::{SANDBOX_DOMAINNAME, SANDBOX_HOSTNAME};
 
@@ -31,13 +34,7 @@ pub(crate) enum Step {
     Loopback,
     Hostname,
     PrivateRoot,
-    BindRoot,
-    SharedStore,
-    BindMount,
-    ReadOnly,
-    MountProc,
-    MountShm,
-    MountPts,
+    Chroot,
     Unshare,
     PivotRoot,
     WorkingDir,
@@ -48,20 +45,14 @@ pub(crate) enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 20] = [
+    const ALL: [Step; 14] = [
         Step::DeathSignal,
         Step::Session,
         Step::Stdio,
         Step::Loopback,
         Step::Hostname,
         Step::PrivateRoot,
-        Step::BindRoot,
-        Step::SharedStore,
-        Step::BindMount,
-        Step::ReadOnly,
-        Step::MountProc,
-        Step::MountShm,
-        Step::MountPts,
+        Step::Chroot,
         Step::Unshare,
         Step::PivotRoot,
         Step::WorkingDir,
@@ -119,16 +110,7 @@ impl Failure {
     }
 
     /// What the step was doing, with its paths, for the parent's message.
-    pub(crate) fn describe(&self, plan: &ChildPlan) -> String {
-        let mount = plan.mounts.get(self.index as usize);
-        let bind = |verb: &str| match mount {
-            Some(m) => format!(
-                "{verb} {} on {}",
-                m.source.to_string_lossy(),
-                m.target.to_string_lossy()
-            ),
-            None => verb.to_owned(),
-        };
+    pub(crate) fn describe(&self, plan: &ChildPlan<'_>) -> String {
         let root = plan.root.to_string_lossy();
         match self.step {
             Step::DeathSignal => "setting the parent-death signal".to_owned(),
@@ -137,16 +119,10 @@ impl Failure {
             Step::Loopback => "bringing up the loopback interface".to_owned(),
             Step::Hostname => "setting the host name".to_owned(),
             Step::PrivateRoot => "making / a private mount".to_owned(),
-            Step::BindRoot => format!("bind-mounting the chroot {root} onto itself"),
-            Step::SharedStore => format!(
-                "making the chroot store {} a shared mount",
-                plan.store.to_string_lossy()
-            ),
-            Step::BindMount => bind("bind-mounting"),
-            Step::ReadOnly => bind("making read-only the bind of"),
-            Step::MountProc => format!("mounting /proc on {}", plan.proc_dir.to_string_lossy()),
-            Step::MountShm => format!("mounting a tmpfs on {}", plan.shm_dir.to_string_lossy()),
-            Step::MountPts => format!("mounting devpts on {}", plan.pts_dir.to_string_lossy()),
+            Step::Chroot => match plan.ops.get(self.index as usize) {
+                Some(op) => describe_op(op),
+                None => "building the chroot".to_owned(),
+            },
             Step::Unshare => "creating the inner mount namespace".to_owned(),
             Step::PivotRoot => format!("pivoting the root to {root}"),
             Step::WorkingDir => format!(
@@ -158,6 +134,35 @@ impl Failure {
             Step::CloseFds => "closing inherited file descriptors".to_owned(),
             Step::Exec => format!("executing {}", plan.program.to_string_lossy()),
         }
+    }
+}
+
+fn describe_op(op: &Op) -> String {
+    match op {
+        Op::Mount {
+            fs_type, target, ..
+        } => format!(
+            "mounting {} on {}",
+            fs_type.to_string_lossy(),
+            target.to_string_lossy()
+        ),
+        Op::Mkdir { path, .. } => format!("creating the folder {}", path.to_string_lossy()),
+        Op::Touch { path } => format!("creating the mount point {}", path.to_string_lossy()),
+        Op::Symlink { path, .. } => format!("creating the symlink {}", path.to_string_lossy()),
+        Op::Write { path, .. } => format!("writing {}", path.to_string_lossy()),
+        Op::Bind { source, target, .. } => format!(
+            "bind-mounting {} on {}",
+            source.to_string_lossy(),
+            target.to_string_lossy()
+        ),
+        Op::Share { target } => format!("making {} a shared mount", target.to_string_lossy()),
+        Op::CloneTree { source } => {
+            format!("taking a copy of the mount {}", source.to_string_lossy())
+        }
+        Op::AttachTree { target } => {
+            format!("attaching the store folder at {}", target.to_string_lossy())
+        }
+        Op::Chmod { path, .. } => format!("changing the mode of {}", path.to_string_lossy()),
     }
 }
 
@@ -177,7 +182,7 @@ pub(crate) struct ChildFds {
 
 /// Runs in the child right after `clone`: sets up the sandbox, executes the
 /// builder, and on failure reports the step and exits with status 1.
-pub(crate) fn run(plan: &ChildPlan, fds: ChildFds) -> ! {
+pub(crate) fn run(plan: &ChildPlan<'_>, fds: ChildFds) -> ! {
     let failure = match setup_and_exec(plan, fds) {
         Ok(never) => match never {},
         Err(failure) => failure,
@@ -202,7 +207,7 @@ fn at(step: Step) -> impl Fn(Errno) -> Failure {
     move |errno| Failure::new(step, 0, errno)
 }
 
-fn setup_and_exec(plan: &ChildPlan, fds: ChildFds) -> Result<Never, Failure> {
+fn setup_and_exec(plan: &ChildPlan<'_>, fds: ChildFds) -> Result<Never, Failure> {
     // Die with the parent rather than build on unsupervised.
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(at(Step::DeathSignal))?;
@@ -243,50 +248,12 @@ fn setup_and_exec(plan: &ChildPlan, fds: ChildFds) -> Result<Never, Failure> {
         MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
     )
     .map_err(at(Step::PrivateRoot))?;
-    // pivot_root needs the new root to be a mount point.
-    rustix::mount::mount_bind(plan.root.as_c_str(), plan.root.as_c_str())
-        .map_err(at(Step::BindRoot))?;
-    // The store is its own shared mount, so binds made later through the
-    // saved (pre-pivot) mount namespace propagate into the builder's.
-    rustix::mount::mount_bind(plan.store.as_c_str(), plan.store.as_c_str())
-        .map_err(at(Step::SharedStore))?;
-    rustix::mount::mount_change(plan.store.as_c_str(), MountPropagationFlags::SHARED)
-        .map_err(at(Step::SharedStore))?;
-
-    for (index, mount) in plan.mounts.iter().enumerate() {
-        let fail = |step| move |errno| Failure::new(step, index, errno);
-        if mount.recursive {
-            rustix::mount::mount_bind_recursive(mount.source.as_c_str(), mount.target.as_c_str())
-        } else {
-            rustix::mount::mount_bind(mount.source.as_c_str(), mount.target.as_c_str())
-        }
-        .map_err(fail(Step::BindMount))?;
-        if mount.read_only {
-            remount_read_only(mount.target.as_c_str()).map_err(fail(Step::ReadOnly))?;
-        }
+    // Modes in the ops are exact.
+    rustix::process::umask(Mode::empty());
+    let mut tree = None;
+    for (index, op) in plan.ops.iter().enumerate() {
+        perform(op, &mut tree).map_err(|errno| Failure::new(Step::Chroot, index, errno))?;
     }
-
-    let hardened = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
-    rustix::mount::mount(c"none", plan.proc_dir.as_c_str(), c"proc", hardened, None)
-        .map_err(at(Step::MountProc))?;
-    rustix::mount::mount(
-        c"none",
-        plan.shm_dir.as_c_str(),
-        c"tmpfs",
-        MountFlags::NOSUID | MountFlags::NODEV,
-        Some(c"size=50%"),
-    )
-    .map_err(at(Step::MountShm))?;
-    rustix::mount::mount(
-        c"none",
-        plan.pts_dir.as_c_str(),
-        c"devpts",
-        MountFlags::NOSUID | MountFlags::NOEXEC,
-        Some(c"newinstance,mode=0620"),
-    )
-    .map_err(at(Step::MountPts))?;
-    rustix::fs::chmod(plan.ptmx.as_c_str(), Mode::from_raw_mode(0o666))
-        .map_err(at(Step::MountPts))?;
 
     // A second mount namespace: pivot_root changes the root of the current
     // namespace, and the saved one must keep seeing the host.
@@ -342,6 +309,73 @@ fn setup_and_exec(plan: &ChildPlan, fds: ChildFds) -> Result<Never, Failure> {
 fn last_errno() -> Errno {
     let raw = std::io::Error::last_os_error().raw_os_error();
     Errno::from_raw_os_error(raw.unwrap_or(libc::EINVAL))
+}
+
+/// Performs one op of the chroot's layout.
+fn perform(op: &Op, tree: &mut Option<OwnedFd>) -> rustix::io::Result<()> {
+    match op {
+        Op::CloneTree { source } => {
+            let flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+            *tree = Some(rustix::mount::open_tree(CWD, source.as_c_str(), flags)?);
+            Ok(())
+        }
+        Op::AttachTree { target } => {
+            let detached = tree.take().ok_or(Errno::BADF)?;
+            rustix::mount::move_mount(
+                &detached,
+                c"",
+                CWD,
+                target.as_c_str(),
+                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        }
+        Op::Mount {
+            fs_type,
+            target,
+            flags,
+            data,
+        } => rustix::mount::mount(c"none", target.as_c_str(), *fs_type, *flags, *data),
+        Op::Mkdir { path, mode } => rustix::fs::mkdir(path.as_c_str(), Mode::from_raw_mode(*mode)),
+        Op::Touch { path } => {
+            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+            rustix::fs::open(path.as_c_str(), flags, Mode::from_raw_mode(0o644)).map(drop)
+        }
+        Op::Symlink { target, path } => rustix::fs::symlink(target.as_c_str(), path.as_c_str()),
+        Op::Write {
+            path,
+            contents,
+            mode,
+        } => {
+            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+            let file = rustix::fs::open(path.as_c_str(), flags, Mode::from_raw_mode(*mode))?;
+            let mut rest = contents.as_slice();
+            while !rest.is_empty() {
+                let written = rustix::io::write(&file, rest)?;
+                rest = &rest[written..];
+            }
+            Ok(())
+        }
+        Op::Bind {
+            source,
+            target,
+            recursive,
+            read_only,
+        } => {
+            if *recursive {
+                rustix::mount::mount_bind_recursive(source.as_c_str(), target.as_c_str())?;
+            } else {
+                rustix::mount::mount_bind(source.as_c_str(), target.as_c_str())?;
+            }
+            if *read_only {
+                remount_read_only(target.as_c_str())?;
+            }
+            Ok(())
+        }
+        Op::Share { target } => {
+            rustix::mount::mount_change(target.as_c_str(), MountPropagationFlags::SHARED)
+        }
+        Op::Chmod { path, mode } => rustix::fs::chmod(path.as_c_str(), Mode::from_raw_mode(*mode)),
+    }
 }
 
 /// Remounts the bind at `target` read-only, keeping the flags the kernel

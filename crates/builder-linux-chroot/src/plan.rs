@@ -5,32 +5,17 @@
 
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
 use crate::SandboxError;
-use crate::chroot::Chroot;
+use crate::chroot::{Chroot, Op, cpath};
 use crate::spec::{Command, Network};
 
-/// One bind mount, ready for the child.
-pub(crate) struct MountOp {
-    pub(crate) source: CString,
-    pub(crate) target: CString,
-    pub(crate) read_only: bool,
-    pub(crate) recursive: bool,
-}
-
 /// The child's whole program, as data.
-pub(crate) struct ChildPlan {
+pub(crate) struct ChildPlan<'a> {
     /// The chroot root on the host, which becomes `/`.
     pub(crate) root: CString,
-    /// The chroot's store directory on the host, made a shared mount so
-    /// paths added later through the saved namespace reach the builder.
-    pub(crate) store: CString,
-    pub(crate) mounts: Vec<MountOp>,
-    pub(crate) proc_dir: CString,
-    pub(crate) shm_dir: CString,
-    pub(crate) pts_dir: CString,
-    pub(crate) ptmx: CString,
+    /// The steps that build the chroot.
+    pub(crate) ops: &'a [Op],
     pub(crate) working_dir: CString,
     pub(crate) program: CString,
     pub(crate) private_network: bool,
@@ -41,22 +26,12 @@ pub(crate) struct ChildPlan {
     envp: Vec<*const libc::c_char>,
 }
 
-impl ChildPlan {
+impl<'a> ChildPlan<'a> {
     /// Lays out `command` in `chroot` for the child.
-    pub(crate) fn new(chroot: &Chroot, command: &Command) -> Result<ChildPlan, SandboxError> {
-        let root = chroot.root();
-        let mounts = chroot
-            .mounts()
-            .iter()
-            .map(|mount| {
-                Ok(MountOp {
-                    source: path_cstring(&mount.source)?,
-                    target: path_cstring(&mount.target)?,
-                    read_only: mount.read_only,
-                    recursive: mount.directory,
-                })
-            })
-            .collect::<Result<Vec<_>, SandboxError>>()?;
+    pub(crate) fn new(
+        chroot: &'a Chroot,
+        command: &Command,
+    ) -> Result<ChildPlan<'a>, SandboxError> {
         let mut argv_strings = vec![cstring("argument", command.arg0.as_bytes())?];
         for arg in &command.args {
             argv_strings.push(cstring("argument", arg.as_bytes())?);
@@ -71,15 +46,10 @@ impl ChildPlan {
         let argv = null_terminated(&argv_strings);
         let envp = null_terminated(&env_strings);
         Ok(ChildPlan {
-            root: path_cstring(root)?,
-            store: path_cstring(&chroot.store_dir_on_host())?,
-            mounts,
-            proc_dir: path_cstring(&root.join("proc"))?,
-            shm_dir: path_cstring(&root.join("dev/shm"))?,
-            pts_dir: path_cstring(&root.join("dev/pts"))?,
-            ptmx: path_cstring(&root.join("dev/pts/ptmx"))?,
-            working_dir: path_cstring(&command.working_dir)?,
-            program: path_cstring(&command.program)?,
+            root: cpath(chroot.root())?,
+            ops: chroot.ops(),
+            working_dir: cpath(&command.working_dir)?,
+            program: cpath(&command.program)?,
             private_network: chroot.network() == Network::Loopback,
             _argv_strings: argv_strings,
             _env_strings: env_strings,
@@ -105,10 +75,6 @@ fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
         .map(|s| s.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect()
-}
-
-fn path_cstring(path: &Path) -> Result<CString, SandboxError> {
-    cstring("path", path.as_os_str().as_bytes())
 }
 
 fn cstring(what: &'static str, bytes: &[u8]) -> Result<CString, SandboxError> {
