@@ -39,5 +39,5 @@ pub use chroot::Chroot;
 pub use error::SandboxError;
 pub use namespaces::{SavedNamespaces, check_support};
 pub use rescue::{Rescue, rescue_outputs};
-pub use spawn::{SandboxChild, spawn};
+pub use spawn::{SandboxChild, SandboxParts, spawn};
 pub use spec::{BindMount, ChrootSpec, Command, Network, default_sandbox_paths};

@@ -36,9 +36,41 @@ pub struct SandboxChild {
     log: Option<OwnedFd>,
     namespaces: SavedNamespaces,
     status: Option<ExitStatus>,
+    handed_over: bool,
+}
+
+/// A sandboxed process handed over to a caller that supervises it itself
+/// (the generic builder's lifecycle kills its process group and reaps it).
+#[derive(Debug)]
+pub struct SandboxParts {
+    /// The process id on the host; also its process group and session id
+    /// (the child calls `setsid`).
+    pub pid: Pid,
+    /// A pidfd of the process.
+    pub pidfd: OwnedFd,
+    /// The log pipe's read end, unless it was taken before.
+    pub log: Option<OwnedFd>,
+    /// The saved namespaces, which the new owner resets at teardown.
+    pub namespaces: SavedNamespaces,
 }
 
 impl SandboxChild {
+    /// Hands the process over: after this, nothing here kills or reaps it.
+    ///
+    /// # Errors
+    ///
+    /// When the pidfd cannot be duplicated for the new owner.
+    pub fn into_parts(mut self) -> io::Result<SandboxParts> {
+        let pidfd = rustix::io::fcntl_dupfd_cloexec(&self.pidfd, 0)?;
+        self.handed_over = true;
+        Ok(SandboxParts {
+            pid: self.pid,
+            pidfd,
+            log: self.log.take(),
+            namespaces: std::mem::take(&mut self.namespaces),
+        })
+    }
+
     /// The builder's process id, as the host sees it.
     pub fn pid(&self) -> u32 {
         self.pid.as_raw_nonzero().get().unsigned_abs()
@@ -117,7 +149,7 @@ impl SandboxChild {
 
 impl Drop for SandboxChild {
     fn drop(&mut self) {
-        if self.status.is_none() {
+        if self.status.is_none() && !self.handed_over {
             let _ = self.kill();
             let _ = self.wait();
         }
@@ -194,6 +226,7 @@ pub fn spawn(chroot: &Chroot, command: &Command) -> Result<SandboxChild, Sandbox
         log: Some(log_read),
         namespaces,
         status: None,
+        handed_over: false,
     };
     if read == 0 {
         return Ok(child);
@@ -410,6 +443,32 @@ mod tests {
         };
         assert_eq!(status.code(), Some(3), "{log}");
         assert_eq!(log, "1000\n100\nlocalhost\n1\n/build\n");
+    }
+
+    #[test]
+    fn a_handed_over_child_is_left_to_its_new_owner() {
+        let Some(paths) = prerequisites() else {
+            return;
+        };
+        let temp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(temp.path().join("build")).expect("mkdir");
+        let mut spec = ChrootSpec::new(temp.path().join("x.chroot"), temp.path().join("build"));
+        spec.sandbox_paths = paths;
+        let chroot = Chroot::create(&spec).expect("chroot");
+        let child =
+            spawn(&chroot, &Command::new("/bin/sh").arg("-c").arg("exit 7")).expect("spawn");
+        let mut parts = child.into_parts().expect("handing over");
+        assert!(parts.namespaces.is_open());
+        let mut log = String::new();
+        std::fs::File::from(parts.log.take().expect("log"))
+            .read_to_string(&mut log)
+            .expect("log");
+        // Still unreaped: the new owner reaps it.
+        let (_, status) = rustix::process::waitpid(Some(parts.pid), WaitOptions::empty())
+            .expect("waitpid")
+            .expect("a status");
+        assert_eq!(status.exit_status(), Some(7));
+        parts.namespaces.reset();
     }
 
     #[test]
