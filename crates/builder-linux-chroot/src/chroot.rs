@@ -1,5 +1,5 @@
 //! The per-build chroot: a small folder on the host, and the list of steps
-//! ([`Op`]) the child follows to build the rest in its own mount namespace.
+//! (`Op`) the child follows to build the rest in its own mount namespace.
 //!
 //! On the host a chroot is one folder, `<dir>` (mode 01775): the chroot's
 //! store directory, where outputs are written and from where registration

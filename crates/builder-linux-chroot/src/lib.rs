@@ -11,7 +11,7 @@
 //! - [`spec`]: what a sandbox is made of ([`ChrootSpec`], [`BindMount`],
 //!   [`Network`], [`Command`]) and Nix's fixed contents.
 //! - [`chroot`]: [`Chroot`], the per-build tree on the host.
-//! - [`spawn`]: [`spawn()`] starts a [`Command`] in a [`Chroot`] and returns
+//! - [`mod@spawn`]: [`spawn()`] starts a [`Command`] in a [`Chroot`] and returns
 //!   a [`SandboxChild`] (pid, pidfd, log pipe, saved namespaces).
 //! - [`namespaces`]: [`SavedNamespaces`] and [`check_support`].
 //! - [`rescue`]: moving a failed build's outputs out for inspection, never

@@ -1,6 +1,6 @@
 //! Starting a process in the sandbox, and the handle to it.
 //!
-//! The parent prepares everything ([`ChildPlan`]), creates the child with a
+//! The parent prepares everything (`ChildPlan`), creates the child with a
 //! raw `clone` in new user, mount, PID, IPC, UTS and cgroup namespaces (and a
 //! new network namespace unless the build keeps the host's network), writes
 //! the child's uid and gid maps as Nix does (`setgroups` denied), saves its
