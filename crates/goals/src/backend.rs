@@ -15,6 +15,8 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
+use larder_pathlocks::PathLocks;
+
 use crate::result::Failure;
 
 /// What the worker needs to know of a derivation before building it.
@@ -116,12 +118,15 @@ pub trait UnpreparedBuild {
     fn paths_not_registered(&self) -> BTreeSet<PathBuf>;
 
     /// Moves the outputs into the store and registers them, under every
-    /// lock. A path in `already_valid` became valid while this goal waited
-    /// for its lock; it is reused, never overwritten. Returns the output
-    /// paths by output name, or the build's failure (output checks, hash
+    /// lock: `locks` are the guards the goal holds (pre-build and dynamic),
+    /// from which the backend proves that each path it installs is locked.
+    /// A path in `already_valid` became valid while this goal waited for
+    /// its lock; it is reused, never overwritten. Returns the output paths
+    /// by output name, or the build's failure (output checks, hash
     /// mismatch, a check-mode difference).
     fn register_outputs(
         self: Box<Self>,
+        locks: &[PathLocks],
         already_valid: &BTreeSet<PathBuf>,
     ) -> Result<BTreeMap<String, PathBuf>, Failure>;
 }

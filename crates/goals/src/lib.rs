@@ -13,6 +13,8 @@
 //!   ([`Backend`], [`StartedBuild`], [`UnpreparedBuild`]).
 //! - [`worker`]: [`build`] and [`Worker`], the goals and the lock
 //!   discipline; [`Settings`].
+//! - [`store_backend`]: [`StoreBackend`], the real backend over a local
+//!   store and the builder crate (generic or sandboxed builder).
 //! - [`locks`]: waiting for path locks on the loop, with the wait-for
 //!   cycle check.
 //! - [`log`]: draining a builder's log under its [`Limits`].
@@ -26,12 +28,14 @@ pub mod locks;
 pub mod log;
 pub mod result;
 pub mod runtime;
+pub mod store_backend;
 pub mod worker;
 
 pub use backend::{Backend, Plan, StartedBuild, UnpreparedBuild};
 pub use events::{Event, EventSink};
 pub use log::Limits;
 pub use result::{BuildResult, BuildStatus, Failure, exit_status};
+pub use store_backend::{BuilderFactory, StoreBackend};
 pub use worker::{Settings, Worker, build};
 
 #[cfg(test)]

@@ -436,7 +436,7 @@ impl Ctx {
                 already_valid.insert(path.clone());
             }
         }
-        let outputs = unprepared.register_outputs(&already_valid)?;
+        let outputs = unprepared.register_outputs(&guards, &already_valid)?;
         Ok((outputs, guards))
     }
 

@@ -280,6 +280,7 @@ impl UnpreparedBuild for TestUnprepared {
 
     fn register_outputs(
         self: Box<Self>,
+        locks: &[larder_pathlocks::PathLocks],
         already_valid: &BTreeSet<PathBuf>,
     ) -> Result<BTreeMap<String, PathBuf>, Failure> {
         let s = &self.started;
@@ -287,6 +288,11 @@ impl UnpreparedBuild for TestUnprepared {
         assert!(
             snapshot.holder_of(&self.actual).is_some(),
             "registering '{}' without holding its lock",
+            self.actual.display()
+        );
+        assert!(
+            locks.iter().any(|l| l.contains(&self.actual)),
+            "the guards given to register '{}' do not hold its lock",
             self.actual.display()
         );
         if already_valid.contains(&self.actual) {
