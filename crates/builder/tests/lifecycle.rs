@@ -476,3 +476,85 @@ fn assert_no_leftovers(t: &TestStore) {
         );
     }
 }
+
+/// The variables Nix 2.8 gave the same derivation (captured with `env` from
+/// a real build), values checked where they do not depend on the machine.
+#[test]
+fn environment_is_nixs() {
+    let t = TestStore::new();
+    let mut drv = sh_drv(
+        t.store_dir(),
+        "env-test",
+        "env > $out; pwd >> $out",
+        &["out"],
+    );
+    drv.env.remove("outputs");
+    drv.env.insert("passAsFile".to_owned(), "foo".to_owned());
+    drv.env.insert("foo".to_owned(), "x".to_owned());
+    let out = t.build(&drv).1.unwrap();
+    let text = std::fs::read_to_string(t.real(&out.outputs["out"].path)).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let pwd = lines.pop().unwrap();
+    let vars: std::collections::BTreeMap<&str, &str> =
+        lines.iter().map(|l| l.split_once('=').unwrap()).collect();
+    let names: Vec<&str> = vars.keys().copied().collect();
+    assert_eq!(
+        names,
+        [
+            "HOME",
+            "NIX_BUILD_CORES",
+            "NIX_BUILD_TOP",
+            "NIX_LOG_FD",
+            "NIX_STORE",
+            "PATH",
+            "PWD",
+            "TEMP",
+            "TEMPDIR",
+            "TERM",
+            "TMP",
+            "TMPDIR",
+            "builder",
+            "fooPath",
+            "name",
+            "out",
+            "passAsFile",
+            "system",
+        ]
+    );
+    assert_eq!(vars["HOME"], "/homeless-shelter");
+    assert_eq!(vars["NIX_BUILD_CORES"], "1");
+    assert_eq!(vars["NIX_LOG_FD"], "2");
+    assert_eq!(vars["NIX_STORE"], "/nix/store");
+    assert_eq!(vars["TERM"], "xterm-256color");
+    assert_eq!(vars["PATH"], "/usr/bin:/bin");
+    for dir in ["NIX_BUILD_TOP", "PWD", "TEMP", "TEMPDIR", "TMP", "TMPDIR"] {
+        assert_eq!(vars[dir], pwd);
+    }
+    assert_eq!(
+        vars["fooPath"],
+        format!("{pwd}/.attr-1bp7cri8hplaz6hbz0v4f0nl44rl84q1sg25kgwqzipzd1mv89ic")
+    );
+}
+
+#[test]
+fn fixed_output_gets_impure_variables() {
+    let t = TestStore::new();
+    let mut drv = fixed_drv(
+        t.store_dir(),
+        "fodenv",
+        "env > /dev/stderr; echo fixed > $out",
+        ContentAddressMethod::Flat,
+        sha256("fixed\n"),
+    );
+    drv.env.insert(
+        "impureEnvVars".to_owned(),
+        "HOME_OF_TEST_UNSET LARDER_TEST_SURELY_UNSET".to_owned(),
+    );
+    let (log, result) = t.build(&drv);
+    result.unwrap();
+    assert!(log.lines().any(|l| l == "NIX_OUTPUT_CHECKED=1"), "{log}");
+    assert!(
+        log.lines().any(|l| l == "LARDER_TEST_SURELY_UNSET="),
+        "{log}"
+    );
+}
