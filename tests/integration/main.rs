@@ -1,1 +1,8 @@
-//! Workspace integration tests: one binary, one module per concern.
+//! Workspace integration tests: one binary, one module per concern. They
+//! belong to the `larder-cli` package so that they can run the real `larder`
+//! binary; shared helpers live in `support`.
+
+#![allow(clippy::unwrap_used, clippy::print_stderr, unreachable_pub)]
+
+mod cli;
+mod support;

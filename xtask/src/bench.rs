@@ -56,7 +56,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     for (label, tree) in [("large files", &large), ("small files", &small)] {
         nar_hash_rows(&larder, label, tree, &work, reps, &mut rows)?;
     }
-    example_rows(&release.join("examples/refscan_bench"), &[], &mut rows)?;
+    let refscan_mb = if quick { "32" } else { "256" };
+    example_rows(
+        &release.join("examples/refscan_bench"),
+        &[refscan_mb],
+        &mut rows,
+    )?;
 
     println!("\n{}", render(&rows));
     println!("machine: {}", machine()?);

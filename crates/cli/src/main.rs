@@ -22,7 +22,24 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            // `--help` and `--version` are not errors.
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            // Bad usage is bad input like any other: one line, status 1.
+            let rendered = error.render().to_string();
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("error: invalid arguments");
+            eprintln!("{first} (see 'larder --help')");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
@@ -31,10 +48,41 @@ fn main() -> ExitCode {
         .init();
     match cli.command.run() {
         Ok(code) => code,
+        Err(error) if is_broken_pipe(&error) => {
+            // The reader went away (`larder ... | head`): nothing is wrong.
+            ExitCode::SUCCESS
+        }
         Err(error) => {
-            // One line, the outermost context first, as Nix prints its errors.
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", one_line(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, outermost first, as Nix prints its
+/// errors. A cause whose text its parent already shows is left out, since
+/// some errors spell their source in their own message.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut shown = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if shown.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+        shown = text;
+    }
+    line
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -10,11 +10,11 @@
 //! - [`store_path`]: [`StorePath`] (a validated base name) and
 //!   [`StoreDir`], which renders, parses and computes store paths.
 //! - [`content_address`]: how content-addressed paths are derived.
+//! - [`derivation`]: [`Derivation`], its `.drv` (ATerm) and JSON forms, hash
+//!   modulo and output paths.
 //! - [`nar`]: Nix archives: writing, hashing, parsing and restoring them.
 //! - [`references`]: finding which store paths a byte stream mentions.
 //! - [`canonicalise`]: the metadata Nix gives a tree before it enters the store.
-//! - [`derivation`]: [`Derivation`], its `.drv` (ATerm) and JSON forms, hash
-//!   modulo and output paths.
 
 pub mod canonicalise;
 pub mod content_address;

@@ -247,3 +247,84 @@ fn upstream_messages_match_nix() {
         assert!(err.to_string().contains(message), "{name}: {err}");
     }
 }
+
+#[test]
+fn flat_hashes_match_nix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dumper = Dumper::with_buffer_size(4096);
+    let lines = fs::read_to_string(format!("{NIX_2_8}/hashes.jsonl")).unwrap();
+    for line in lines.lines() {
+        let case: Value = serde_json::from_str(line).unwrap();
+        let contents = match (case.get("content_utf8"), case.get("content_base64")) {
+            (Some(s), _) => s.as_str().unwrap().as_bytes().to_vec(),
+            (None, Some(b)) => BASE64.decode(b.as_str().unwrap().as_bytes()).unwrap(),
+            (None, None) => panic!("case without contents"),
+        };
+        let path = dir.path().join("file");
+        fs::write(&path, &contents).unwrap();
+        let algo: HashAlgo = case["algo"].as_str().unwrap().parse().unwrap();
+        let hash = dumper.hash_file_flat(&path, algo).unwrap();
+        assert_eq!(
+            hash.to_base16(),
+            case["base16"].as_str().unwrap(),
+            "{}",
+            case["id"]
+        );
+        assert_eq!(nar::hash_file_flat(&path, algo).unwrap(), hash);
+    }
+}
+
+#[test]
+fn dump_bytes_is_the_nar_of_a_file() {
+    let case = cases().into_iter().find(|c| c["id"] == "nar-file").unwrap();
+    let expected = fs::read(format!("{NIX_2_8}/{}", case["nar_file"].as_str().unwrap())).unwrap();
+    let mut out = Vec::new();
+    let size = nar::dump_bytes(b"hello\n", &mut out).unwrap();
+    assert!(out == expected);
+    assert_eq!(size, nar::write::dump_bytes_len(6));
+}
+
+#[test]
+fn matches_installed_nix_store_dump() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    use std::process::Command;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    fs::create_dir(&root).unwrap();
+    // Names Nix must sort by raw bytes, including invalid UTF-8 and the
+    // longest name a file system allows.
+    for name in [
+        &b"\xff\xfe"[..],
+        b"Z",
+        b"a",
+        b"\xc3\xa9",
+        b"-",
+        b".hidden",
+        &[b'n'; 255],
+    ] {
+        fs::write(root.join(OsStr::from_bytes(name)), name).unwrap();
+    }
+    let exe = root.join("exe");
+    fs::write(&exe, "#!/bin/sh\n").unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o500)).unwrap();
+    let mut deep = root.join("deep");
+    // root, deep and 61 more levels put `up` at depth 63, the deepest allowed.
+    for _ in 0..61 {
+        deep.push("d");
+    }
+    fs::create_dir_all(&deep).unwrap();
+    std::os::unix::fs::symlink("../../../a", deep.join("up")).unwrap();
+
+    let output = match Command::new("nix-store").arg("--dump").arg(&root).output() {
+        Ok(output) if output.status.success() => output.stdout,
+        _ => {
+            eprintln!("skipping: nix-store is not installed (or could not dump)");
+            return;
+        }
+    };
+    let mut ours = Vec::new();
+    nar::dump_path(&root, &mut ours).unwrap();
+    assert!(ours == output, "NAR differs from nix-store --dump");
+}

@@ -1,12 +1,11 @@
 //! `larder hash path|file`: the equivalents of `nix hash path|file`.
 
-use std::fs::File;
-use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use larder_store_core::hash::{HashEncoding, Hasher};
+use larder_store_core::hash::HashEncoding;
+use larder_store_core::nar::Dumper;
 use larder_store_core::{Hash, HashAlgo};
 
 #[derive(Debug, Subcommand)]
@@ -52,7 +51,7 @@ impl HashCommand {
             } else {
                 hash_file(path, args.algo)?
             };
-            println!("{}", hash.encode(encoding, encoding == HashEncoding::Sri));
+            super::emit(&hash.encode(encoding, encoding == HashEncoding::Sri))?;
         }
         Ok(())
     }
@@ -77,17 +76,15 @@ pub(crate) fn parse_algo(s: &str) -> Result<HashAlgo, String> {
 }
 
 /// The flat hash of a regular file's contents.
-pub(crate) fn hash_file(path: &PathBuf, algo: HashAlgo) -> Result<Hash> {
-    let mut file =
-        File::open(path).with_context(|| format!("opening file '{}'", path.display()))?;
-    let mut hasher = Hasher::new(algo);
-    io::copy(&mut file, &mut hasher)
-        .with_context(|| format!("reading file '{}'", path.display()))?;
-    Ok(hasher.finish())
+pub(crate) fn hash_file(path: &Path, algo: HashAlgo) -> Result<Hash> {
+    larder_store_core::nar::hash_file_flat(path, algo)
+        .with_context(|| format!("hashing file '{}'", path.display()))
 }
 
 /// The hash of a path's NAR serialisation.
-pub(crate) fn hash_path(path: &PathBuf, algo: HashAlgo) -> Result<Hash> {
-    let _ = (path, algo);
-    anyhow::bail!("NAR hashing is not wired up yet")
+pub(crate) fn hash_path(path: &Path, algo: HashAlgo) -> Result<Hash> {
+    let nar = Dumper::new()
+        .hash_path(path, algo)
+        .with_context(|| format!("hashing '{}'", path.display()))?;
+    Ok(nar.hash)
 }

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use larder_store_core::StoreDir;
 use larder_store_core::content_address::ContentAddressMethod;
 use larder_store_core::store_path::StoreReferences;
+use larder_store_core::{HashAlgo, StoreDir};
 
 use super::hash::{hash_file, hash_path};
 
@@ -65,15 +65,15 @@ fn add(args: &AddArgs) -> Result<()> {
     let (method, hash) = match args.mode {
         Mode::Flat => (
             ContentAddressMethod::Flat,
-            hash_file(&args.path, larder_store_core::HashAlgo::Sha256)?,
+            hash_file(&args.path, HashAlgo::Sha256)?,
         ),
         Mode::Text => (
             ContentAddressMethod::Text,
-            hash_file(&args.path, larder_store_core::HashAlgo::Sha256)?,
+            hash_file(&args.path, HashAlgo::Sha256)?,
         ),
         Mode::Nar => (
             ContentAddressMethod::Nar,
-            hash_path(&args.path, larder_store_core::HashAlgo::Sha256)?,
+            hash_path(&args.path, HashAlgo::Sha256)?,
         ),
     };
     let store_dir = StoreDir::default();
@@ -82,6 +82,6 @@ fn add(args: &AddArgs) -> Result<()> {
     if !args.dry_run {
         bail!("adding to a store needs the local store; use --dry-run to compute the path");
     }
-    println!("{}", store_dir.display(&path));
+    super::emit(&store_dir.display(&path))?;
     Ok(())
 }

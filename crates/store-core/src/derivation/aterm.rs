@@ -60,12 +60,13 @@ impl Derivation {
             p.byte(b',', "','")?;
             let hash = p.string()?;
             p.byte(b')', "')' ending an output")?;
-            let parsed = parse_output(store_dir, &output, &path, &algo, &hash)
-                .map_err(|e| e.at(start))?;
+            let parsed =
+                parse_output(store_dir, &output, &path, &algo, &hash).map_err(|e| e.at(start))?;
             if drv.outputs.contains_key(&output) {
                 return Err(duplicate("output", &output).at(start));
             }
-            drv.insert_output(&output, parsed).map_err(|e| e.at(start))?;
+            drv.insert_output(&output, parsed)
+                .map_err(|e| e.at(start))?;
             if let DerivationOutput::Fixed(_) = &drv.outputs[&output] {
                 check_fixed_path(&drv, store_dir, &output, &path).map_err(|e| e.at(path_at))?;
             }
@@ -312,7 +313,9 @@ pub(crate) fn parse_output(
     }
     if hash.is_empty() {
         if !path.is_empty() {
-            return Err(bad("a floating content-addressed output must not have a path"));
+            return Err(bad(
+                "a floating content-addressed output must not have a path",
+            ));
         }
         return Ok(DerivationOutput::Floating {
             method,
@@ -438,7 +441,10 @@ impl Parser<'_> {
         let mut has_escape = false;
         let end = loop {
             match self.bytes.get(self.pos) {
-                None => return Err(self.expected("'\"' ending a string")),
+                None => {
+                    self.pos = self.bytes.len();
+                    return Err(self.expected("'\"' ending a string"));
+                }
                 Some(b'"') => break self.pos,
                 Some(b'\\') => {
                     has_escape = true;
@@ -515,15 +521,14 @@ mod tests {
 
     #[test]
     fn errors_name_the_offset() {
-        let err = Derivation::parse_aterm(b"Derive([],[],[],\"s\",\"b\",[],[]", "x", &dir())
-            .unwrap_err();
+        let err =
+            Derivation::parse_aterm(b"Derive([],[],[],\"s\",\"b\",[],[]", "x", &dir()).unwrap_err();
         assert!(
             matches!(err, DerivationError::Syntax { offset: 29, .. }),
             "{err}"
         );
-        let err =
-            Derivation::parse_aterm(b"Derive([],[],[],\"s\",\"b\xff\",[],[])", "x", &dir())
-                .unwrap_err();
+        let err = Derivation::parse_aterm(b"Derive([],[],[],\"s\",\"b\xff\",[],[])", "x", &dir())
+            .unwrap_err();
         assert!(
             matches!(err, DerivationError::NotUtf8 { offset: 22 }),
             "{err}"
@@ -533,6 +538,15 @@ mod tests {
         let err = Derivation::parse_aterm(b"Derive([],[],[],\"s\",\"b\",[],[])x", "x", &dir())
             .unwrap_err();
         assert!(matches!(err, DerivationError::TrailingData { offset: 30 }));
+    }
+
+    #[test]
+    fn backslash_at_the_end() {
+        let err = Derivation::parse_aterm(b"Derive([],[],[],\"s\\", "x", &dir()).unwrap_err();
+        assert!(
+            matches!(err, DerivationError::Syntax { offset: 19, .. }),
+            "{err}"
+        );
     }
 
     #[test]

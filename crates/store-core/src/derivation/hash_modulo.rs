@@ -253,7 +253,11 @@ impl HashModuloCache {
         let (aterm, kind) = self.modulo_aterm_with_cached_inputs(drv, mask_outputs)?;
         let hash = HashAlgo::Sha256.digest(aterm);
         Ok(DrvHash {
-            hashes: drv.outputs.keys().map(|name| (name.clone(), hash)).collect(),
+            hashes: drv
+                .outputs
+                .keys()
+                .map(|name| (name.clone(), hash))
+                .collect(),
             kind,
         })
     }
@@ -343,8 +347,14 @@ impl Derivation {
     /// content-addressed input prevents it, and the environment variable
     /// named after each input-addressed or fixed output is set to its path
     /// when missing or empty. A wrong variable of a formerly deferred output
-    /// is corrected (Nix warns and corrects it too). Then everything is
-    /// checked as [`Derivation::check_output_paths`] does.
+    /// is corrected (Nix warns and corrects it too).
+    ///
+    /// As in Nix, the masked hash is taken before the environment changes.
+    /// Since that hash depends on whether the variables named after outputs
+    /// exist, a derivation that lacked them fails
+    /// [`Derivation::check_output_paths`] once they are added; derivations
+    /// written with those variables present (even empty), as the evaluator
+    /// writes them, pass.
     ///
     /// # Errors
     ///
@@ -357,23 +367,25 @@ impl Derivation {
     ) -> Result<(), DerivationError> {
         let store_dir = cache.store_dir().clone();
         let expected = self.expected_paths(cache, source)?;
-        for (output, expected) in expected {
+        for (output, expected) in &expected {
             let Some(path) = expected else { continue };
-            let value = store_dir.display(&path);
-            let formerly_deferred = matches!(self.outputs[&output], DerivationOutput::Deferred);
+            let value = store_dir.display(path);
+            let formerly_deferred = matches!(self.outputs[output], DerivationOutput::Deferred);
             if formerly_deferred {
-                self.outputs
-                    .insert(output.clone(), DerivationOutput::InputAddressed(path));
+                self.outputs.insert(
+                    output.clone(),
+                    DerivationOutput::InputAddressed(path.clone()),
+                );
             }
-            match self.env.get_mut(&output) {
+            match self.env.get_mut(output) {
                 None => {
-                    self.env.insert(output, value);
+                    self.env.insert(output.clone(), value);
                 }
                 Some(var) if var.is_empty() || formerly_deferred => *var = value,
                 Some(_) => {}
             }
         }
-        self.check_output_paths(cache, source)
+        self.check_output_vars(&store_dir, expected)
     }
 
     /// Checks that the output paths a derivation gives are the ones Nix
@@ -393,7 +405,17 @@ impl Derivation {
         source: &mut impl DerivationSource,
     ) -> Result<(), DerivationError> {
         let store_dir = cache.store_dir().clone();
-        for (output, expected) in self.expected_paths(cache, source)? {
+        let expected = self.expected_paths(cache, source)?;
+        self.check_output_vars(&store_dir, expected)
+    }
+
+    /// Checks the environment variable of every output whose path is known.
+    fn check_output_vars(
+        &self,
+        store_dir: &StoreDir,
+        expected: Vec<(String, Option<StorePath>)>,
+    ) -> Result<(), DerivationError> {
+        for (output, expected) in expected {
             if matches!(self.outputs[&output], DerivationOutput::Deferred) {
                 continue;
             }

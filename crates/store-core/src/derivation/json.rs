@@ -95,9 +95,10 @@ impl Derivation {
         }
         let mut all = Self::from_json_legacy(json, store_dir)?;
         match all.len() {
-            1 => Ok(all.pop_first().map(|(_, drv)| drv).ok_or_else(|| {
-                DerivationError::JsonShape("no derivation".to_owned())
-            })?),
+            1 => Ok(all
+                .pop_first()
+                .map(|(_, drv)| drv)
+                .ok_or_else(|| DerivationError::JsonShape("no derivation".to_owned()))?),
             n => Err(DerivationError::JsonShape(format!(
                 "expected one derivation, found {n}"
             ))),
@@ -145,17 +146,20 @@ impl Derivation {
         drv.args = doc.args;
         drv.env = doc.env;
         if let Some(structured) = doc.structured_attrs {
-            if drv.env.contains_key(STRUCTURED_ATTRS_VAR) {
-                return Err(DerivationError::JsonShape(format!(
-                    "both 'structuredAttrs' and an environment variable '{STRUCTURED_ATTRS_VAR}'"
-                )));
-            }
             // Keys come out sorted (serde_json's map is ordered), as Nix's
             // nlohmann::json prints them.
-            drv.env.insert(
-                STRUCTURED_ATTRS_VAR.to_owned(),
-                Value::Object(structured).to_string(),
-            );
+            let json = Value::Object(structured).to_string();
+            match drv.env.get(STRUCTURED_ATTRS_VAR) {
+                Some(existing) if *existing != json => {
+                    return Err(DerivationError::JsonShape(format!(
+                        "'structuredAttrs' and the environment variable \
+                         '{STRUCTURED_ATTRS_VAR}' disagree"
+                    )));
+                }
+                _ => {
+                    drv.env.insert(STRUCTURED_ATTRS_VAR.to_owned(), json);
+                }
+            }
         }
         Ok(drv)
     }
@@ -301,10 +305,12 @@ impl TryFrom<RawV4Output> for V4Output {
                 impure: Some(true),
             } => return Ok(Self(None)),
             _ => {
-                return Err("unknown kind of derivation output: expected {} (deferred), \
+                return Err(
+                    "unknown kind of derivation output: expected {} (deferred), \
                      {path} (input-addressed), {method, hash} (fixed), {method, hashAlgo} \
                      (floating) or {method, hashAlgo, impure: true} (impure)"
-                    .to_owned());
+                        .to_owned(),
+                );
             }
         };
         Ok(Self(Some(output)))
@@ -422,6 +428,14 @@ mod tests {
         assert!(err.to_string().contains("version 5"), "{err}");
         assert!(Derivation::from_json("[]", &dir).is_err());
         assert!(Derivation::from_json("{}", &dir).is_err());
+        let bad_output = r#"{"name":"x","version":4,
+            "outputs":{"out":{"method":"nar"}},"inputs":{"srcs":[],"drvs":{}},
+            "system":"s","builder":"b","args":[],"env":{}}"#;
+        let err = Derivation::from_json(bad_output, &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown kind of derivation output"), "{err}");
+        assert!(err.contains("line 2 column"), "{err}");
         let err = Derivation::from_json("{\n  \"a\": ", &dir).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
     }

@@ -166,13 +166,17 @@ impl Derivation {
             Ok(DerivationKind::InputAddressed { deferred: true })
         } else if fixed == total {
             if total != 1 || !self.outputs.contains_key("out") {
-                return Err(mix("a fixed-output derivation must have one output, named 'out'"));
+                return Err(mix(
+                    "a fixed-output derivation must have one output, named 'out'",
+                ));
             }
             Ok(DerivationKind::Fixed)
         } else if floating_count == total {
             Ok(DerivationKind::Floating)
         } else {
-            Err(mix("its outputs mix input-addressed, deferred, fixed and floating kinds"))
+            Err(mix(
+                "its outputs mix input-addressed, deferred, fixed and floating kinds",
+            ))
         }
     }
 
@@ -185,7 +189,9 @@ impl Derivation {
             .map(|(name, output)| {
                 let path = match output {
                     DerivationOutput::InputAddressed(path) => Some(path.clone()),
-                    DerivationOutput::Fixed(ca) => Some(self.fixed_output_path(store_dir, name, ca)),
+                    DerivationOutput::Fixed(ca) => {
+                        Some(self.fixed_output_path(store_dir, name, ca))
+                    }
                     DerivationOutput::Floating { .. } | DerivationOutput::Deferred => None,
                 };
                 (name.clone(), path)
@@ -232,7 +238,12 @@ impl Derivation {
     }
 
     /// The path of a fixed output of this derivation.
-    fn fixed_output_path(&self, store_dir: &StoreDir, output: &str, ca: &ContentAddress) -> StorePath {
+    fn fixed_output_path(
+        &self,
+        store_dir: &StoreDir,
+        output: &str,
+        ca: &ContentAddress,
+    ) -> StorePath {
         DerivationOutput::Fixed(*ca)
             .path(store_dir, &self.name, output)
             .ok()
@@ -253,7 +264,8 @@ mod tests {
     fn kinds() {
         let mut drv = Derivation::new("x").unwrap();
         assert!(drv.kind().is_err());
-        drv.insert_output("out", DerivationOutput::Deferred).unwrap();
+        drv.insert_output("out", DerivationOutput::Deferred)
+            .unwrap();
         assert_eq!(
             drv.kind().unwrap(),
             DerivationKind::InputAddressed { deferred: true }
@@ -262,12 +274,14 @@ mod tests {
             method: ContentAddressMethod::Nar,
             hash: HashAlgo::Sha256.digest("x"),
         };
-        drv.insert_output("dev", DerivationOutput::Fixed(ca)).unwrap();
+        drv.insert_output("dev", DerivationOutput::Fixed(ca))
+            .unwrap();
         assert!(drv.kind().is_err());
         drv.remove_output("out");
         assert!(drv.kind().is_err(), "a single fixed output must be 'out'");
         drv.remove_output("dev");
-        drv.insert_output("out", DerivationOutput::Fixed(ca)).unwrap();
+        drv.insert_output("out", DerivationOutput::Fixed(ca))
+            .unwrap();
         assert_eq!(drv.kind().unwrap(), DerivationKind::Fixed);
     }
 

@@ -93,11 +93,9 @@ pub fn check_output_name(output: &str) -> Result<(), DerivationError> {
 /// Checks that an output's path name, `<drv name>-<output>`, is a valid
 /// store path name (it may be too long even when both parts are valid).
 pub(crate) fn check_output_path_name(drv_name: &str, output: &str) -> Result<(), DerivationError> {
-    validate_name(&output_path_name(drv_name, output)).map_err(|e| {
-        DerivationError::BadOutputName {
-            output: output.to_owned(),
-            reason: e.to_string(),
-        }
+    validate_name(&output_path_name(drv_name, output)).map_err(|e| DerivationError::BadOutputName {
+        output: output.to_owned(),
+        reason: e.to_string(),
     })
 }
 

@@ -6,12 +6,12 @@
 //! else of the metadata, so equal trees give equal bytes and equal hashes.
 //!
 //! - [`wire`]: the string encoding, the magic, the format's limits.
-//! - [`write`]: [`Dumper`] and [`dump_path`] stream a path's NAR to any
+//! - [`mod@write`]: [`Dumper`] and [`dump_path`] stream a path's NAR to any
 //!   writer; [`dump_bytes`] is the NAR of one byte string.
-//! - [`hash`]: the NAR hash and size of a path ([`hash_path`]), in several
+//! - [`mod@hash`]: the NAR hash and size of a path ([`hash_path`]), in several
 //!   algorithms at once, and the flat hash of a file.
-//! - [`parse`]: the streaming parser driving a [`NarSink`].
-//! - [`restore`]: unpacking a NAR to a path, and copying one while checking it.
+//! - [`mod@parse`]: the streaming parser driving a [`NarSink`].
+//! - [`mod@restore`]: unpacking a NAR to a path, and copying one while checking it.
 
 pub mod hash;
 pub mod parse;

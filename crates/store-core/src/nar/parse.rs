@@ -583,3 +583,351 @@ fn unexpected(tag: &Tag, expected: &'static str) -> ParseError {
 fn escape(bytes: &[u8]) -> String {
     bytes.escape_ascii().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+    use crate::nar::wire::push_str;
+
+    /// A NAR made of `tokens`, each encoded as a string.
+    fn nar(tokens: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        push_str(&mut out, MAGIC);
+        for token in tokens {
+            push_str(&mut out, token);
+        }
+        out
+    }
+
+    fn file(contents: &[u8]) -> Vec<&[u8]> {
+        vec![b"(", b"type", b"regular", b"contents", contents, b")"]
+    }
+
+    /// A directory NAR with one entry per name, each an empty file.
+    fn dir_of(names: &[&[u8]]) -> Vec<u8> {
+        let mut tokens: Vec<&[u8]> = vec![b"(", b"type", b"directory"];
+        for name in names {
+            tokens.extend([b"entry" as &[u8], b"(", b"name", name, b"node"]);
+            tokens.extend(file(b""));
+            tokens.push(b")");
+        }
+        tokens.push(b")");
+        nar(&tokens)
+    }
+
+    fn check(bytes: &[u8]) -> Result<u64, ParseError> {
+        validate(&mut Cursor::new(bytes))
+    }
+
+    #[test]
+    fn accepts_a_file_and_reports_its_size() {
+        let bytes = nar(&file(b"hello"));
+        assert_eq!(check(&bytes).unwrap(), bytes.len() as u64);
+    }
+
+    #[test]
+    fn magic() {
+        assert!(matches!(check(b""), Err(ParseError::NotANar { offset: 0 })));
+        let mut bytes = nar(&file(b""));
+        bytes[8] = b'N';
+        assert!(matches!(check(&bytes), Err(ParseError::NotANar { .. })));
+        assert!(matches!(
+            check(&bytes[..12]),
+            Err(ParseError::NotANar { .. })
+        ));
+    }
+
+    #[test]
+    fn every_strict_prefix_is_truncated() {
+        let bytes = dir_of(&[b"a", b"b"]);
+        for len in 0..bytes.len() {
+            let err = check(&bytes[..len]).unwrap_err();
+            assert!(
+                matches!(err, ParseError::Truncated { offset } if offset == len as u64)
+                    || matches!(err, ParseError::NotANar { .. }) && len < 24,
+                "prefix {len}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn stops_at_the_end_of_the_nar() {
+        let mut bytes = nar(&file(b"x"));
+        let size = bytes.len() as u64;
+        bytes.extend_from_slice(b"more data");
+        let mut input = Cursor::new(bytes);
+        assert_eq!(validate(&mut input).unwrap(), size);
+        assert_eq!(input.position(), size);
+    }
+
+    #[test]
+    fn unknown_type_and_tags() {
+        let bytes = nar(&[b"(", b"type", b"fifo", b")"]);
+        assert!(
+            matches!(check(&bytes), Err(ParseError::UnknownType { offset: 56, got }) if got == "fifo")
+        );
+        let bytes = nar(&[b"[", b"type"]);
+        assert!(matches!(
+            check(&bytes),
+            Err(ParseError::UnexpectedTag {
+                offset: 24,
+                expected: "'('",
+                ..
+            })
+        ));
+        let bytes = nar(&[b"(", b"type", b"directory", b"entri"]);
+        assert!(matches!(
+            check(&bytes),
+            Err(ParseError::UnexpectedTag {
+                expected: "'entry' or ')'",
+                ..
+            })
+        ));
+        let bytes = nar(&[b"(", b"type", b"symlink", b"target", b"t", b"extra"]);
+        assert!(matches!(
+            check(&bytes),
+            Err(ParseError::UnexpectedTag {
+                expected: "')'",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn executable_marker() {
+        let ok = nar(&[
+            b"(",
+            b"type",
+            b"regular",
+            b"executable",
+            b"",
+            b"contents",
+            b"",
+            b")",
+        ]);
+        check(&ok).unwrap();
+        let bad = nar(&[
+            b"(",
+            b"type",
+            b"regular",
+            b"executable",
+            b"x",
+            b"contents",
+            b"",
+            b")",
+        ]);
+        assert!(matches!(
+            check(&bad),
+            Err(ParseError::ExecutableNotEmpty { .. })
+        ));
+        let twice = nar(&[
+            b"(",
+            b"type",
+            b"regular",
+            b"executable",
+            b"",
+            b"executable",
+            b"",
+            b"contents",
+            b"",
+            b")",
+        ]);
+        assert!(matches!(
+            check(&twice),
+            Err(ParseError::UnexpectedTag {
+                expected: "'contents'",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn sorting_and_duplicates() {
+        check(&dir_of(&[b"A", b"B", b"a", b"b", b"\xff"])).unwrap();
+        let err = check(&dir_of(&[b"b", b"a"])).unwrap_err();
+        assert!(
+            matches!(&err, ParseError::NotSorted { name, previous, .. } if name == "a" && previous == "b")
+        );
+        assert!(err.to_string().contains("NAR directory is not sorted"));
+        assert!(matches!(
+            check(&dir_of(&[b"a", b"a"])),
+            Err(ParseError::NotSorted { .. })
+        ));
+    }
+
+    #[test]
+    fn names() {
+        for bad in [b"" as &[u8], b".", b"..", b"a/b", b"a\0"] {
+            assert!(
+                matches!(
+                    check(&dir_of(&[bad])),
+                    Err(ParseError::InvalidName { offset: 128, .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        check(&dir_of(&[b"...", b".a"])).unwrap();
+        let longest = vec![b'n'; MAX_NAME_LEN];
+        check(&dir_of(&[&longest])).unwrap();
+        let too_long = vec![b'n'; MAX_NAME_LEN + 1];
+        assert!(matches!(
+            check(&dir_of(&[&too_long])),
+            Err(ParseError::NameTooLong {
+                offset: 128,
+                len: 256
+            })
+        ));
+    }
+
+    #[test]
+    fn symlink_targets() {
+        let link = |target: &[u8]| nar(&[b"(", b"type", b"symlink", b"target", target, b")"]);
+        check(&link(&vec![b't'; MAX_TARGET_LEN])).unwrap();
+        assert!(matches!(
+            check(&link(&vec![b't'; MAX_TARGET_LEN + 1])),
+            Err(ParseError::TargetTooLong { len: 4096, .. })
+        ));
+        assert!(matches!(
+            check(&link(b"")),
+            Err(ParseError::InvalidTarget { .. })
+        ));
+        assert!(matches!(
+            check(&link(b"a\0b")),
+            Err(ParseError::InvalidTarget { .. })
+        ));
+    }
+
+    #[test]
+    fn tag_limit() {
+        let long = vec![b'x'; MAX_TAG_LEN + 1];
+        let bytes = nar(&[b"(", b"type", &long]);
+        assert!(matches!(
+            check(&bytes),
+            Err(ParseError::TagTooLong {
+                offset: 56,
+                len: 33
+            })
+        ));
+        let mut huge = nar(&[b"("]);
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(check(&huge), Err(ParseError::TagTooLong { .. })));
+    }
+
+    /// A chain of `depth` nested directories, each with one entry `d`.
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut tokens: Vec<&[u8]> = Vec::new();
+        for _ in 0..depth {
+            tokens.extend([
+                b"(" as &[u8],
+                b"type",
+                b"directory",
+                b"entry",
+                b"(",
+                b"name",
+                b"d",
+                b"node",
+            ]);
+        }
+        tokens.extend([b"(" as &[u8], b"type", b"directory", b")"]);
+        for _ in 0..depth {
+            tokens.extend([b")" as &[u8], b")"]);
+        }
+        nar(&tokens)
+    }
+
+    #[test]
+    fn depth_limit() {
+        check(&nested(MAX_DEPTH - 1)).unwrap();
+        assert!(matches!(
+            check(&nested(MAX_DEPTH)),
+            Err(ParseError::TooDeep { .. })
+        ));
+    }
+
+    #[test]
+    fn padding_must_be_zero() {
+        let mut bytes = nar(&file(b"abc"));
+        // The contents start after magic (24), "(" "type" "regular"
+        // "contents" (16 each) and the length (8): at 96; padding at 99.
+        assert_eq!(&bytes[96..99], b"abc");
+        bytes[101] = 1;
+        assert!(matches!(
+            check(&bytes),
+            Err(ParseError::NonZeroPadding { offset: 99 })
+        ));
+    }
+
+    struct Recorder(Vec<String>);
+
+    impl NarSink for Recorder {
+        fn directory(&mut self, path: &[u8]) -> io::Result<()> {
+            self.0.push(format!("dir {}", escape(path)));
+            Ok(())
+        }
+        fn file(&mut self, path: &[u8], executable: bool, size: u64) -> io::Result<()> {
+            self.0
+                .push(format!("file {} {executable} {size}", escape(path)));
+            Ok(())
+        }
+        fn file_data(&mut self, data: &[u8]) -> io::Result<()> {
+            self.0.push(format!("data {}", escape(data)));
+            Ok(())
+        }
+        fn file_end(&mut self) -> io::Result<()> {
+            self.0.push("end".into());
+            Ok(())
+        }
+        fn symlink(&mut self, path: &[u8], target: &[u8]) -> io::Result<()> {
+            if target == b"refuse" {
+                return Err(io::Error::other("refused"));
+            }
+            self.0
+                .push(format!("link {} {}", escape(path), escape(target)));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn sink_sees_paths_in_order() {
+        let mut tokens: Vec<&[u8]> = vec![b"(", b"type", b"directory"];
+        tokens.extend([b"entry" as &[u8], b"(", b"name", b"a", b"node"]);
+        tokens.extend([b"(" as &[u8], b"type", b"directory"]);
+        tokens.extend([b"entry" as &[u8], b"(", b"name", b"f", b"node"]);
+        tokens.extend(file(b"hi"));
+        tokens.extend([b")" as &[u8], b")", b")"]);
+        tokens.extend([b"entry" as &[u8], b"(", b"name", b"l", b"node"]);
+        tokens.extend([
+            b"(" as &[u8],
+            b"type",
+            b"symlink",
+            b"target",
+            b"a/f",
+            b")",
+            b")",
+        ]);
+        tokens.push(b")");
+        let mut recorder = Recorder(Vec::new());
+        parse(&mut Cursor::new(nar(&tokens)), &mut recorder).unwrap();
+        assert_eq!(
+            recorder.0,
+            [
+                "dir ",
+                "dir a",
+                "file a/f false 2",
+                "data hi",
+                "end",
+                "link l a/f"
+            ]
+        );
+    }
+
+    #[test]
+    fn sink_errors_carry_path_and_offset() {
+        let bytes = nar(&[b"(", b"type", b"symlink", b"target", b"refuse", b")"]);
+        let err = parse(&mut Cursor::new(bytes), &mut Recorder(Vec::new())).unwrap_err();
+        assert!(matches!(err, ParseError::Sink { offset: 24, ref path, .. } if path.is_empty()));
+        assert_eq!(err.offset(), 24);
+    }
+}
