@@ -24,6 +24,23 @@ pub(crate) struct InodesSeen {
 }
 
 impl InodesSeen {
+    /// Counts the links of every multiply-linked regular file under `path`.
+    pub(crate) fn count(&mut self, path: &Path) -> Result<()> {
+        let meta = fs::symlink_metadata(path).at("getting status of", path)?;
+        if meta.is_file() && meta.nlink() > 1 {
+            let entry = self
+                .links
+                .entry((meta.dev(), meta.ino()))
+                .or_insert_with(|| (0, path.to_owned()));
+            entry.0 += 1;
+        } else if meta.is_dir() {
+            for entry in fs::read_dir(path).at("reading directory", path)? {
+                self.count(&entry.at("reading directory", path)?.path())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Fails when a regular file has links outside the outputs: a builder
     /// that hard-linked a file it does not own (an input, a host file)
     /// would otherwise make the store share, and change, that file.
@@ -45,7 +62,7 @@ impl InodesSeen {
 /// Nix's `canonicalisePathMetaData` without a uid range: only regular
 /// files, directories and symlinks; modes 0444 or 0555 (directories 0555),
 /// so no write, setuid, setgid or sticky bits; mtime 1; owned by us.
-pub(crate) fn canonicalise(path: &Path, inodes: &mut InodesSeen) -> Result<()> {
+pub(crate) fn canonicalise(path: &Path) -> Result<()> {
     let meta = fs::symlink_metadata(path).at("getting status of", path)?;
     let file_type = meta.file_type();
     if !(file_type.is_file() || file_type.is_dir() || file_type.is_symlink()) {
@@ -53,13 +70,6 @@ pub(crate) fn canonicalise(path: &Path, inodes: &mut InodesSeen) -> Result<()> {
             "file '{}' has an unsupported type",
             path.display()
         )));
-    }
-    if file_type.is_file() && meta.nlink() > 1 {
-        let entry = inodes
-            .links
-            .entry((meta.dev(), meta.ino()))
-            .or_insert_with(|| (0, path.to_owned()));
-        entry.0 += 1;
     }
     if !file_type.is_symlink() {
         let mode = meta.permissions().mode() & 0o7777;
@@ -96,7 +106,7 @@ pub(crate) fn canonicalise(path: &Path, inodes: &mut InodesSeen) -> Result<()> {
     if file_type.is_dir() {
         for entry in fs::read_dir(path).at("reading directory", path)? {
             let entry = entry.at("reading directory", path)?;
-            canonicalise(&entry.path(), inodes)?;
+            canonicalise(&entry.path())?;
         }
     }
     Ok(())
@@ -172,27 +182,20 @@ impl<'a> RefScanner<'a> {
 
 impl Write for RefScanner<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.carry.is_empty() {
-            self.search(buf);
-        } else {
-            let mut joined = std::mem::take(&mut self.carry);
-            joined.extend_from_slice(&buf[..buf.len().min(HASH_PART_LEN)]);
-            self.search(&joined);
-            if buf.len() > HASH_PART_LEN {
-                self.search(buf);
-            }
-        }
         let keep = HASH_PART_LEN - 1;
-        let tail_from = buf.len().saturating_sub(keep);
-        if buf.len() >= keep {
-            self.carry = buf[tail_from..].to_vec();
-        } else {
-            let mut carry = std::mem::take(&mut self.carry);
-            carry.extend_from_slice(buf);
-            let drop = carry.len().saturating_sub(keep);
-            carry.drain(..drop);
-            self.carry = carry;
+        // Windows that start in the carried tail and end in `buf`.
+        let mut joined = std::mem::take(&mut self.carry);
+        joined.extend_from_slice(&buf[..buf.len().min(HASH_PART_LEN)]);
+        self.search(&joined);
+        if buf.len() > HASH_PART_LEN {
+            self.search(buf);
         }
+        self.carry = if buf.len() >= keep {
+            buf[buf.len() - keep..].to_vec()
+        } else {
+            // `joined` holds the old tail and all of `buf`.
+            joined[joined.len().saturating_sub(keep)..].to_vec()
+        };
         Ok(buf.len())
     }
 

@@ -1077,10 +1077,17 @@ impl BuildState {
             }
             let dest = staging.join(name);
             move_tree(&actual, &dest)?;
-            fsops::canonicalise(&dest, &mut inodes)?;
             staged.insert(name.clone(), dest);
         }
+        // Hard links are checked before any metadata changes, so a file
+        // the builder linked from elsewhere is never touched.
+        for path in staged.values() {
+            inodes.count(path)?;
+        }
         inodes.check_links_inside(|p| fs::symlink_metadata(p).map_or(0, |m| m.nlink()))?;
+        for path in staged.values() {
+            fsops::canonicalise(path)?;
+        }
         // The scratch locations are empty now; the staging directory owns
         // the outputs.
         self.owned_paths.clear();
@@ -1187,7 +1194,7 @@ impl BuildState {
                 final_path.hash_part().to_owned(),
             );
             finals.insert(scratch.clone(), final_path.clone());
-            fsops::canonicalise(staged_path, &mut InodesSeen::default())?;
+            fsops::canonicalise(staged_path)?;
             let (nar_hash, nar_size) = fsops::nar_hash(staged_path)?;
             let mut references = others;
             if self_ref {
