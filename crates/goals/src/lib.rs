@@ -36,7 +36,7 @@ pub use events::{Event, EventSink};
 pub use log::Limits;
 pub use result::{BuildResult, BuildStatus, Failure, exit_status};
 pub use store_backend::{BuilderFactory, StoreBackend};
-pub use worker::{Settings, Worker, build};
+pub use worker::{Settings, Worker, build, build_until};
 
 #[cfg(test)]
 mod tests;

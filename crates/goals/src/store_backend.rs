@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use larder_builder::{
     BuildError, BuildRequest, BuildSettings, DerivationBuilder, FailureKind, RunningBuild,
@@ -31,7 +31,7 @@ pub type BuilderFactory = dyn Fn(&Derivation) -> Result<Box<dyn DerivationBuilde
 
 /// A [`Backend`] over a local store and the builder crate.
 pub struct StoreBackend {
-    store: Rc<LocalStore>,
+    store: Arc<LocalStore>,
     settings: BuildSettings,
     new_builder: Box<BuilderFactory>,
     keep_logs: bool,
@@ -44,7 +44,7 @@ impl StoreBackend {
     /// A backend building in `store` with `settings`, each build with a
     /// builder from `new_builder`. Build logs are kept in the store.
     pub fn new(
-        store: Rc<LocalStore>,
+        store: Arc<LocalStore>,
         settings: BuildSettings,
         new_builder: Box<BuilderFactory>,
     ) -> Self {
@@ -178,7 +178,7 @@ impl Backend for StoreBackend {
             running,
             log,
             exit,
-            store: Rc::clone(&self.store),
+            store: Arc::clone(&self.store),
         }))
     }
 
@@ -231,7 +231,7 @@ struct Started {
     running: RunningBuild,
     log: OwnedFd,
     exit: OwnedFd,
-    store: Rc<LocalStore>,
+    store: Arc<LocalStore>,
 }
 
 impl StartedBuild for Started {
@@ -268,7 +268,7 @@ impl StartedBuild for Started {
 /// A build whose outputs wait for registration.
 struct Unprepared {
     unprepared: larder_builder::UnpreparedBuild,
-    store: Rc<LocalStore>,
+    store: Arc<LocalStore>,
 }
 
 impl Unprepared {

@@ -4,7 +4,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::SystemTime;
@@ -66,6 +68,33 @@ pub fn build(
 ) -> Result<Vec<BuildResult>, RuntimeError> {
     let worker = Worker::new(runtime.handle(), backend, settings, events);
     let result = runtime.block_on(worker.run(targets));
+    worker.shutdown();
+    result
+}
+
+/// Like [`build`], but gives up as soon as `interrupt` completes (Ctrl-C):
+/// every goal is cancelled, which kills its builder's process group and
+/// releases its locks, and `None` is returned.
+pub fn build_until(
+    runtime: &Runtime,
+    backend: Rc<dyn Backend>,
+    settings: Settings,
+    events: EventSink,
+    targets: &[PathBuf],
+    interrupt: impl Future<Output = ()>,
+) -> Result<Option<Vec<BuildResult>>, RuntimeError> {
+    let worker = Worker::new(runtime.handle(), backend, settings, events);
+    let result = runtime.block_on(async {
+        let mut run = pin!(worker.run(targets));
+        let mut interrupt = pin!(interrupt);
+        std::future::poll_fn(|cx| {
+            if interrupt.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            run.as_mut().poll(cx).map(Some)
+        })
+        .await
+    });
     worker.shutdown();
     result
 }

@@ -122,7 +122,11 @@ pub(crate) fn load(
 /// file name when that is a store path (`<hash>-<name>.drv`), else from the
 /// `name` variable that every derivation made by Nix carries, else from the
 /// file name without `.drv`.
-fn parse_aterm_file(file: &Path, bytes: &[u8], store_dir: &StoreDir) -> Result<Derivation> {
+pub(crate) fn parse_aterm_file(
+    file: &Path,
+    bytes: &[u8],
+    store_dir: &StoreDir,
+) -> Result<Derivation> {
     let base = file
         .file_name()
         .and_then(|n| n.to_str())

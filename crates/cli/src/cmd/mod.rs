@@ -1,5 +1,6 @@
 //! The subcommands, one module each.
 
+mod build;
 mod derivation;
 mod hash;
 mod log;
@@ -59,6 +60,9 @@ impl GlobalArgs {
 /// Every subcommand of `larder`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Build derivations and print their output paths (as `nix-store
+    /// --realise`); exit status 100 and up when builds fail.
+    Build(build::BuildArgs),
     /// Print the hash of a file or of a path's NAR serialisation.
     #[command(subcommand)]
     Hash(hash::HashCommand),
@@ -83,6 +87,7 @@ pub(crate) enum Command {
 impl Command {
     pub(crate) fn run(self, global: &GlobalArgs) -> Result<ExitCode> {
         match self {
+            Self::Build(args) => return build::run(&args, global),
             Self::Derivation(cmd) => cmd.run(global),
             Self::Hash(cmd) => cmd.run(),
             Self::Nar(cmd) => cmd.run(),
