@@ -53,24 +53,49 @@ impl<'a> Importer<'a> {
             }
         }
         let mut cache = HashModuloCache::new(store_dir.clone());
-        let mut accepted = Vec::with_capacity(files.len());
-        for (file, mut drv) in files {
-            let mut lookup = Lookup { importer: self };
-            if is_deferred(&drv) {
-                drv.fill_in_output_paths(&mut cache, &mut lookup)
-                    .with_context(|| {
-                        format!("computing the output paths of '{}'", file.display())
-                    })?;
-            } else {
-                drv.check_output_paths(&mut cache, &mut lookup)
-                    .with_context(|| {
-                        format!("checking the output paths of '{}'", file.display())
-                    })?;
+        let mut accepted: Vec<Option<(StorePath, Derivation)>> = vec![None; files.len()];
+        let mut pending: Vec<usize> = (0..files.len()).collect();
+        // A derivation whose output paths JSON leaves out gets its `.drv`
+        // path only once they are filled in, which needs its inputs: each
+        // round accepts what it can, until a round makes no progress.
+        loop {
+            let before = pending.len();
+            let mut failed = Vec::new();
+            let mut first_error = None;
+            for index in pending {
+                let (file, drv) = &files[index];
+                let mut drv = drv.clone();
+                let mut lookup = Lookup { importer: self };
+                let outcome = if is_deferred(&drv) {
+                    drv.fill_in_output_paths(&mut cache, &mut lookup)
+                        .with_context(|| {
+                            format!("computing the output paths of '{}'", file.display())
+                        })
+                } else {
+                    drv.check_output_paths(&mut cache, &mut lookup)
+                        .with_context(|| {
+                            format!("checking the output paths of '{}'", file.display())
+                        })
+                };
+                match outcome {
+                    Ok(()) => {
+                        let path = drv.drv_path(&store_dir);
+                        self.given.insert(path.clone(), drv.clone());
+                        accepted[index] = Some((path, drv));
+                    }
+                    Err(e) => {
+                        failed.push(index);
+                        first_error.get_or_insert(e);
+                    }
+                }
             }
-            let path = drv.drv_path(&store_dir);
-            self.given.insert(path.clone(), drv.clone());
-            accepted.push((path, drv));
+            match first_error {
+                None => break,
+                Some(e) if failed.len() == before => return Err(e),
+                Some(_) => pending = failed,
+            }
         }
+        let accepted: Vec<(StorePath, Derivation)> = accepted.into_iter().flatten().collect();
         Ok(accepted)
     }
 
