@@ -16,6 +16,9 @@
 //! - [`namespaces`]: [`SavedNamespaces`] and [`check_support`].
 //! - [`rescue`]: moving a failed build's outputs out for inspection, never
 //!   over a path that is valid now.
+//! - [`builder`]: [`ChrootBuilder`], the generic builder's steps overridden
+//!   to build in the sandbox, and [`SandboxConfig`], which a worker checks
+//!   once and makes a [`ChrootBuilder`] per build from.
 //!
 //! This is the one crate of larder with `unsafe` code: the `clone` that
 //! creates the child, the few raw calls the child makes, and one `ioctl`.
@@ -24,6 +27,7 @@
 #![allow(unsafe_code)]
 #![cfg(target_os = "linux")]
 
+pub mod builder;
 pub mod chroot;
 pub mod namespaces;
 pub mod rescue;
@@ -35,9 +39,10 @@ mod elf;
 mod error;
 mod plan;
 
+pub use builder::{ChrootBuilder, SandboxConfig};
 pub use chroot::Chroot;
 pub use error::SandboxError;
 pub use namespaces::{SavedNamespaces, check_support};
-pub use rescue::{Rescue, rescue_outputs};
+pub use rescue::{Rescue, rescue_outputs, rescue_outputs_from};
 pub use spawn::{SandboxChild, SandboxParts, spawn};
 pub use spec::{BindMount, ChrootSpec, Command, Network, default_sandbox_paths};

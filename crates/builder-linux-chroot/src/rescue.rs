@@ -57,13 +57,30 @@ pub fn rescue_outputs(
     chroot: &Chroot,
     real_store_dir: &Path,
     outputs: &[StorePath],
+    valid_now: impl FnMut(&StorePath) -> io::Result<bool>,
+) -> Vec<(StorePath, Rescue)> {
+    rescue_outputs_from(
+        chroot.store_dir_on_host(),
+        real_store_dir,
+        outputs,
+        valid_now,
+    )
+}
+
+/// [`rescue_outputs`] from any folder holding a build's outputs by base name
+/// (the chroot builder moves the chroot's store aside when the build is torn
+/// down, and rescues from there). Same rules: `valid_now` asks the store
+/// now, under the caller's locks, and nothing existing is replaced.
+pub fn rescue_outputs_from(
+    dir: &Path,
+    real_store_dir: &Path,
+    outputs: &[StorePath],
     mut valid_now: impl FnMut(&StorePath) -> io::Result<bool>,
 ) -> Vec<(StorePath, Rescue)> {
-    let chroot_store = chroot.store_dir_on_host();
     outputs
         .iter()
         .map(|output| {
-            let from = chroot_store.join(output.as_str());
+            let from = dir.join(output.as_str());
             let to = real_store_dir.join(output.as_str());
             let outcome = match std::fs::symlink_metadata(&from) {
                 Err(error) if error.kind() == io::ErrorKind::NotFound => Rescue::NotBuilt,
