@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use larder_builder::{BuildSettings, DerivationBuilder, GenericBuilder};
+use larder_builder_linux_chroot::SandboxConfig;
 use larder_goals::runtime::{Runtime, remote_channel};
 use larder_goals::{BuildResult, EventSink, Failure, Limits, Settings, StoreBackend};
 use larder_local_store::LocalStore;
@@ -205,17 +206,23 @@ fn build_settings() -> BuildSettings {
 }
 
 /// Chooses the builder of each build: the generic one with `--no-sandbox`,
-/// else the Linux sandbox.
+/// else the Linux sandbox, whose support is checked once here (an error
+/// that names `--no-sandbox` when namespaces are not available).
 fn builder_factory(
     no_sandbox: bool,
     store: &Arc<LocalStore>,
 ) -> Result<Box<larder_goals::BuilderFactory>> {
-    let _ = store;
-    if !no_sandbox {
-        tracing::warn!("the sandbox is not wired in yet; building without it");
+    if no_sandbox {
+        return Ok(Box::new(
+            |_drv| -> Result<Box<dyn DerivationBuilder>, Failure> { Ok(Box::new(GenericBuilder)) },
+        ));
     }
+    let config = SandboxConfig::detect().context("setting up the build sandbox")?;
+    let store = Arc::clone(store);
     Ok(Box::new(
-        |_drv| -> Result<Box<dyn DerivationBuilder>, Failure> { Ok(Box::new(GenericBuilder)) },
+        move |_drv| -> Result<Box<dyn DerivationBuilder>, Failure> {
+            Ok(Box::new(config.builder(Arc::clone(&store))))
+        },
     ))
 }
 
