@@ -45,7 +45,9 @@ pub enum Error {
     /// Waiting would never end: the path is held in this process by the
     /// owner asking for it, or (for a blocking lock) by a guard taken on the
     /// calling thread.
-    #[error("{owner} would wait for itself: '{path}' is already locked in this process by {holder}")]
+    #[error(
+        "{owner} would wait for itself: '{path}' is already locked in this process by {holder}"
+    )]
     WouldDeadlock {
         /// The path asked for.
         path: PathBuf,

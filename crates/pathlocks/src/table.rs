@@ -254,7 +254,13 @@ impl Table {
 }
 
 impl State {
-    fn set_wait(&mut self, wait: WaitId, owner: Owner, paths: &[PathBuf], blocked_on: Vec<Blocker>) {
+    fn set_wait(
+        &mut self,
+        wait: WaitId,
+        owner: Owner,
+        paths: &[PathBuf],
+        blocked_on: Vec<Blocker>,
+    ) {
         match self.waits.get_mut(&wait) {
             Some(record) => record.blocked_on = blocked_on,
             None => {
