@@ -410,9 +410,12 @@ fn instantiate_waiting_build(dir: &Path, name: &str) -> (String, PathBuf) {
             .as_nanos()
     );
     let dir = dir.display();
+    // The wait is bounded (about a minute), so a failed test leaves no
+    // build running for ever.
     let script = format!(
-        "echo started > {dir}/{name}.started; \
-         while [ ! -e {dir}/{name}.release ]; do sleep 0.02; done; echo done > $out"
+        "echo started > {dir}/{name}.started; i=0; \
+         while [ ! -e {dir}/{name}.release ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i+1)); done; \
+         echo done > $out"
     );
     let expression = format!(
         r#"derivation {{ name = "larder-pathlocks-{name}-{unique}"; system = builtins.currentSystem;
@@ -499,6 +502,10 @@ fn nix_and_larder_exclude_each_other_on_an_output_path() {
     let status = wait_all(std::slice::from_mut(&mut nix), BOUND)[0];
     assert!(status.success(), "nix-store --realise failed: {status}");
     assert_eq!(fs::read_to_string(&out).unwrap(), "done\n");
+    // Nix deleted its lock file; ours is a fresh one. The path is valid,
+    // so, as Nix does, delete the lock file on release.
+    let mut guard = guard;
+    guard.set_delete_on_release(true);
     drop(guard);
 
     // larder holds the output lock; Nix must wait for it ("waiting for
