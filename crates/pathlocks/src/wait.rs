@@ -118,6 +118,18 @@ pub struct LockFuture<T: Timer> {
     announced: bool,
 }
 
+impl<T: Timer> std::fmt::Debug for LockFuture<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockFuture")
+            .field("owner", &self.owner)
+            .field("paths", &self.paths)
+            .field("backoff", &self.backoff)
+            .field("delay", &self.delay)
+            .field("sleeping", &self.sleep.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T: Timer> LockFuture<T> {
     /// Uses `backoff` instead of [`Backoff::default`].
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
