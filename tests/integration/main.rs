@@ -5,4 +5,5 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr, unreachable_pub)]
 
 mod cli;
+mod pathlocks;
 mod support;

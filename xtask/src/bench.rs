@@ -39,6 +39,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         "larder-cli",
         "-p",
         "larder-store-core",
+        "-p",
+        "larder-pathlocks",
         "--examples",
         "--bins",
     ]))?;
@@ -150,6 +152,57 @@ fn example_rows(example: &Path, args: &[&str], rows: &mut Vec<Row>) -> Result<()
         let figure = parse_figure(line)
             .with_context(|| format!("reading a figure of {}: {line}", example.display()))?;
         rows.push(figure);
+    }
+    Ok(())
+}
+
+/// Lock handoff latencies from `larder-pathlocks`' `lock_bench`, which
+/// prints `{"name", "median_us", "p99_us", "max_us", "n"}` per figure. The
+/// uncontended try-lock is the scale; Nix's own handoff is its 5 s poll
+/// interval (`build-poll-interval`), a setting rather than a measurement.
+fn lock_rows(example: &Path, rows: &mut Vec<Row>) -> Result<()> {
+    let text = output(&mut Command::new(example))?;
+    let figures: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let median = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f["name"] == name)
+            .and_then(|f| Some((f["median_us"].as_f64()?, f["max_us"].as_f64()?)))
+    };
+    let scale = median("try_lock_uncontended").map(|(m, _)| m);
+    for (name, label, target) in [
+        (
+            "handoff_in_process",
+            "lock handoff, two goals in one process",
+            "< 1 ms median",
+        ),
+        (
+            "handoff_cross_process",
+            "lock handoff, two processes (async lock)",
+            "well under Nix's 5 s poll",
+        ),
+        (
+            "handoff_cross_process_blocking",
+            "lock handoff, two processes (blocking lock)",
+            "for scale",
+        ),
+    ] {
+        let Some((med, max)) = median(name) else {
+            bail!("{} printed no figure '{name}'", example.display());
+        };
+        rows.push(Row {
+            figure: label.to_owned(),
+            larder: format!("median {med:.1} µs, worst {max:.1} µs"),
+            peer: scale.map_or_else(
+                || "uncontended try-lock: missing".to_owned(),
+                |s| format!("uncontended try-lock: {s:.1} µs; Nix: polls every 5 s"),
+            ),
+            ratio: format!("{:.0}x faster than Nix's poll", 5e6 / med),
+            target: target.to_owned(),
+        });
     }
     Ok(())
 }

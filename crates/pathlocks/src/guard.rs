@@ -1,0 +1,107 @@
+//! [`PathLocks`]: a held set of path locks, released on drop.
+
+use std::path::{Path, PathBuf};
+
+use crate::lock_file::LockFile;
+use crate::owner::Owner;
+use crate::table::TABLE;
+
+/// A set of paths this process holds locked for one owner. Dropping it
+/// releases them all: each lock file is closed (and, when asked, deleted
+/// first), then the paths leave the lock table and their waiters are woken.
+#[derive(Debug)]
+#[must_use = "the locks are released as soon as the guard is dropped"]
+pub struct PathLocks {
+    owner: Owner,
+    /// In lock order.
+    locks: Vec<(PathBuf, LockFile)>,
+    delete_on_release: bool,
+}
+
+impl PathLocks {
+    /// The owner holding these locks.
+    pub fn owner(&self) -> Owner {
+        self.owner
+    }
+
+    /// The locked paths, in lock order.
+    pub fn paths(&self) -> impl ExactSizeIterator<Item = &Path> {
+        self.locks.iter().map(|(path, _)| path.as_path())
+    }
+
+    /// Whether `path` is one of the locked paths.
+    pub fn contains(&self, path: &Path) -> bool {
+        self.locks.iter().any(|(held, _)| held == path)
+    }
+
+    /// How many paths are locked.
+    pub fn len(&self) -> usize {
+        self.locks.len()
+    }
+
+    /// Whether no path is locked.
+    pub fn is_empty(&self) -> bool {
+        self.locks.is_empty()
+    }
+
+    /// Whether releasing deletes the lock files (off by default). Set it
+    /// once every later locker will find the paths valid, as Nix does after
+    /// a successful build, so the store is not littered with `.lock` files.
+    pub fn set_delete_on_release(&mut self, delete: bool) {
+        self.delete_on_release = delete;
+    }
+
+    /// Releases one path now, keeping the others. `false` if it was not
+    /// held by this guard. The path is compared as given; it is made
+    /// absolute the same way acquisition does when it is relative.
+    pub fn release(&mut self, path: &Path) -> bool {
+        let Ok(path) = std::path::absolute(path) else {
+            return false;
+        };
+        let Some(index) = self.locks.iter().position(|(held, _)| *held == path) else {
+            return false;
+        };
+        let released = self.locks.remove(index);
+        self.release_all(vec![released]);
+        true
+    }
+
+    pub(crate) fn new(owner: Owner) -> Self {
+        PathLocks {
+            owner,
+            locks: Vec::new(),
+            delete_on_release: false,
+        }
+    }
+
+    /// Adds a path whose table reservation and lock file this guard now
+    /// owns.
+    pub(crate) fn push(&mut self, path: PathBuf, file: LockFile) {
+        self.locks.push((path, file));
+    }
+
+    fn release_all(&self, locks: Vec<(PathBuf, LockFile)>) {
+        let mut paths = Vec::with_capacity(locks.len());
+        for (path, file) in locks {
+            if self.delete_on_release {
+                file.delete();
+            }
+            tracing::debug!(lock_path = %file.lock_path().display(), owner = %self.owner, "lock released");
+            // Closing the only descriptor of the open file description
+            // releases the flock; it must happen before the table wakes
+            // waiters, or they would find the file still locked.
+            drop(file);
+            paths.push(path);
+        }
+        TABLE.release(paths.iter().map(PathBuf::as_path));
+    }
+}
+
+impl Drop for PathLocks {
+    fn drop(&mut self) {
+        let locks = std::mem::take(&mut self.locks);
+        if !locks.is_empty() {
+            self.release_all(locks);
+        }
+    }
+}
