@@ -64,6 +64,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         &[refscan_mb],
         &mut rows,
     )?;
+    lock_rows(&release.join("examples/lock_bench"), &mut rows)?;
 
     println!("\n{}", render(&rows));
     println!("machine: {}", machine()?);
