@@ -5,5 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr, unreachable_pub)]
 
 mod cli;
+mod local_store;
 mod pathlocks;
 mod support;

@@ -17,6 +17,8 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "larder", version, about, max_term_width = 100)]
 struct Cli {
+    #[command(flatten)]
+    global: cmd::GlobalArgs,
     #[command(subcommand)]
     command: cmd::Command,
 }
@@ -46,7 +48,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match cli.command.run() {
+    match cli.command.run(&cli.global) {
         Ok(code) => code,
         Err(error) if is_broken_pipe(&error) => {
             // The reader went away (`larder ... | head`): nothing is wrong.

@@ -17,6 +17,20 @@ pub(crate) enum DerivationCommand {
     /// JSON are computed; the input derivations this needs are looked up
     /// by base name next to FILE and in each `--import` folder.
     Show(ShowArgs),
+    /// Write a derivation to the store and print its `.drv` path.
+    ///
+    /// FILE is derivation JSON (version 4, or the `nix show-derivation`
+    /// shape of Nix 2.8) or a `.drv` file. Input-addressed output paths
+    /// missing from JSON are filled in; input derivations and sources must
+    /// already be in the store.
+    Add(AddArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AddArgs {
+    /// The derivation file.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -30,9 +44,10 @@ pub(crate) struct ShowArgs {
 }
 
 impl DerivationCommand {
-    pub(crate) fn run(self) -> Result<()> {
+    pub(crate) fn run(self, global: &super::GlobalArgs) -> Result<()> {
         match self {
             Self::Show(args) => show(&args),
+            Self::Add(args) => add(&args, global),
         }
     }
 }
@@ -47,6 +62,24 @@ fn show(args: &ShowArgs) -> Result<()> {
         shown.insert(drv_path, drv.to_json());
     }
     super::emit(&serde_json::to_string_pretty(&shown)?)?;
+    Ok(())
+}
+
+fn add(args: &AddArgs, global: &super::GlobalArgs) -> Result<()> {
+    let file = &args.file;
+    let bytes = fs::read(file).with_context(|| format!("reading '{}'", file.display()))?;
+    let store = global.open_store()?;
+    let info = if bytes.starts_with(b"Derive(") || bytes.starts_with(b"DrvWithVersion(") {
+        let drv = parse_aterm_file(file, &bytes, store.store_dir())?;
+        store.write_derivation(&drv)
+    } else {
+        let text = std::str::from_utf8(&bytes).with_context(|| {
+            format!("'{}' is neither a .drv file nor UTF-8 JSON", file.display())
+        })?;
+        store.add_derivation_json(text).map(|(_, info)| info)
+    }
+    .with_context(|| format!("adding derivation '{}'", file.display()))?;
+    super::emit(&store.print_path(&info.path))?;
     Ok(())
 }
 

@@ -2,14 +2,59 @@
 
 mod derivation;
 mod hash;
+mod log;
 mod nar;
+mod path_info;
 mod store;
+mod verify;
 
 use std::io::{self, Write as _};
 use std::process::ExitCode;
 
-use anyhow::Result;
-use clap::Subcommand;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use larder_local_store::LocalStore;
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// The store's root folder: it holds `nix/store`, `nix/var/nix/db` and
+    /// `nix/var/log/nix`, like Nix's `local?root=ROOT` (default:
+    /// `$LARDER_STORE`, else `larder` in the user's data folder).
+    #[arg(long = "store", value_name = "ROOT", global = true)]
+    store: Option<PathBuf>,
+}
+
+impl GlobalArgs {
+    /// The store root this invocation uses.
+    pub(crate) fn store_root(&self) -> Result<PathBuf> {
+        if let Some(root) = &self.store {
+            return Ok(root.clone());
+        }
+        if let Some(root) = std::env::var_os("LARDER_STORE").filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(root));
+        }
+        let data = std::env::var_os("XDG_DATA_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|home| PathBuf::from(home).join(".local/share"))
+            })
+            .context("no store given: use --store ROOT or set LARDER_STORE (HOME is not set)")?;
+        Ok(data.join("larder"))
+    }
+
+    /// Opens (creating on first use) the store.
+    pub(crate) fn open_store(&self) -> Result<LocalStore> {
+        let root = self.store_root()?;
+        LocalStore::open(&root)
+            .with_context(|| format!("opening the store at '{}'", root.display()))
+    }
+}
 
 /// Every subcommand of `larder`.
 #[derive(Debug, Subcommand)]
@@ -26,15 +71,25 @@ pub(crate) enum Command {
     /// Work with the store.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Show what the store knows about valid paths (as `nix path-info`).
+    PathInfo(path_info::PathInfoArgs),
+    /// Check the store against its database (as `nix-store --verify`);
+    /// exit status 1 when anything is wrong.
+    Verify(verify::VerifyArgs),
+    /// Print the build log of a derivation or of an output path.
+    Log(log::LogArgs),
 }
 
 impl Command {
-    pub(crate) fn run(self) -> Result<ExitCode> {
+    pub(crate) fn run(self, global: &GlobalArgs) -> Result<ExitCode> {
         match self {
-            Self::Derivation(cmd) => cmd.run(),
+            Self::Derivation(cmd) => cmd.run(global),
             Self::Hash(cmd) => cmd.run(),
             Self::Nar(cmd) => cmd.run(),
-            Self::Store(cmd) => cmd.run(),
+            Self::Store(cmd) => cmd.run(global),
+            Self::PathInfo(args) => return path_info::run(&args, global),
+            Self::Verify(args) => return verify::run(&args, global),
+            Self::Log(args) => log::run(&args, global),
         }?;
         Ok(ExitCode::SUCCESS)
     }

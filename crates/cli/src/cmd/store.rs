@@ -2,12 +2,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use larder_store_core::content_address::ContentAddressMethod;
 use larder_store_core::store_path::StoreReferences;
 use larder_store_core::{HashAlgo, StoreDir};
 
+use larder_local_store::AddOptions;
+
+use super::GlobalArgs;
 use super::hash::{hash_file, hash_path};
 
 #[derive(Debug, Subcommand)]
@@ -40,14 +43,17 @@ pub(crate) enum Mode {
 }
 
 impl StoreCommand {
-    pub(crate) fn run(self) -> Result<()> {
+    pub(crate) fn run(self, global: &GlobalArgs) -> Result<()> {
         match self {
-            Self::Add(args) => add(&args),
+            Self::Add(args) => add(&args, global),
         }
     }
 }
 
-fn add(args: &AddArgs) -> Result<()> {
+fn add(args: &AddArgs, global: &GlobalArgs) -> Result<()> {
+    if !args.dry_run {
+        return add_to_store(args, global);
+    }
     let name = match &args.name {
         Some(name) => name.clone(),
         None => args
@@ -79,9 +85,23 @@ fn add(args: &AddArgs) -> Result<()> {
     let store_dir = StoreDir::default();
     let path =
         store_dir.make_fixed_output_path(&name, method, &hash, &StoreReferences::default())?;
-    if !args.dry_run {
-        bail!("adding to a store needs the local store; use --dry-run to compute the path");
-    }
     super::emit(&store_dir.display(&path))?;
+    Ok(())
+}
+
+/// Adds the path for real: copied, hashed, moved in under its lock and
+/// registered.
+fn add_to_store(args: &AddArgs, global: &GlobalArgs) -> Result<()> {
+    let store = global.open_store()?;
+    let mut options = AddOptions::new(match args.mode {
+        Mode::Flat => ContentAddressMethod::Flat,
+        Mode::Nar => ContentAddressMethod::Nar,
+        Mode::Text => ContentAddressMethod::Text,
+    });
+    options.name.clone_from(&args.name);
+    let info = store
+        .add_path(&args.path, &options)
+        .with_context(|| format!("adding '{}' to the store", args.path.display()))?;
+    super::emit(&store.print_path(&info.path))?;
     Ok(())
 }
