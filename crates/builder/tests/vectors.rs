@@ -2,6 +2,8 @@
 //! builder into a temporary store with the output paths, NAR hashes, sizes,
 //! references and content addresses real Nix 2.8 gave (`builds.jsonl`).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,7 +1,7 @@
 //! Shared helpers: a temporary store, adding sources, building a derivation
 //! through the whole lifecycle with the blocking test driver.
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
