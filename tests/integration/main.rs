@@ -7,4 +7,5 @@
 mod cli;
 mod local_store;
 mod pathlocks;
+mod sandbox;
 mod support;

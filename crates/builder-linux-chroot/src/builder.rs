@@ -1,0 +1,318 @@
+//! [`ChrootBuilder`]: the generic builder's steps, overridden to run the
+//! build in the sandbox (Nix's `ChrootLinuxDerivationBuilder`), and
+//! [`SandboxConfig`], what every sandboxed build of a worker shares.
+//!
+//! On the host a build's sandbox is one folder beside the store's contents,
+//! `<real store>/<drv>.chroot` (mode 0700, as Nix's): `store/` is the
+//! chroot's store directory, which the builder sees as `/nix/store` and
+//! writes its outputs into; when the build is torn down it is renamed to
+//! `outputs/`, out of reach of any sandbox, and the generic steps take the
+//! outputs from there (into the real store, by `rename`, as the folder is on
+//! the store's file system). Keeping the outputs apart from the chroot's
+//! scratch locations is what lets the cleanup step rescue a failed build's
+//! outputs after the generic cleanup has deleted those locations.
+
+use std::fmt;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use larder_builder::{
+    BuildContext, BuildError, BuilderCommand, DerivationBuilder, SpawnedBuilder,
+    process::set_nonblocking,
+};
+use larder_local_store::LocalStore;
+use larder_store_core::StorePath;
+use larder_store_core::derivation::DerivationKind;
+
+use crate::chroot::{Chroot, remove_tree};
+use crate::namespaces::SavedNamespaces;
+use crate::rescue::{Rescue, rescue_outputs_from};
+use crate::spec::{BindMount, ChrootSpec, Command, Network, SANDBOX_BUILD_DIR};
+use crate::{SandboxError, check_support, default_sandbox_paths};
+
+/// What every sandboxed build of a worker shares: the extra sandbox paths,
+/// checked once when the worker starts.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    sandbox_paths: Arc<[BindMount]>,
+}
+
+impl SandboxConfig {
+    /// The default sandbox: checks that this process can create the
+    /// sandbox's namespaces and that a static `/bin/sh` is available
+    /// ([`default_sandbox_paths`]).
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Unavailable`] when namespaces cannot be created (the
+    /// message names the cause and `--no-sandbox`), or
+    /// [`SandboxError::NoStaticShell`] with advice.
+    pub fn detect() -> Result<SandboxConfig, SandboxError> {
+        check_support()?;
+        SandboxConfig::with_sandbox_paths(default_sandbox_paths()?)
+    }
+
+    /// A sandbox with these extra paths instead of the defaults (Nix's
+    /// `sandbox-paths`). Checks that namespaces can be created.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Unavailable`], as [`SandboxConfig::detect`].
+    pub fn with_sandbox_paths(paths: Vec<BindMount>) -> Result<SandboxConfig, SandboxError> {
+        check_support()?;
+        Ok(SandboxConfig {
+            sandbox_paths: paths.into(),
+        })
+    }
+
+    /// The extra sandbox paths.
+    pub fn sandbox_paths(&self) -> &[BindMount] {
+        &self.sandbox_paths
+    }
+
+    /// A builder for one build, which asks `store` at cleanup whether a
+    /// failed build's outputs are valid before rescuing them.
+    pub fn builder(&self, store: Arc<LocalStore>) -> ChrootBuilder {
+        ChrootBuilder {
+            sandbox_paths: Arc::clone(&self.sandbox_paths),
+            store,
+            chroot: None,
+            namespaces: SavedNamespaces::default(),
+            torn_down: false,
+        }
+    }
+}
+
+/// The sandboxed builder of one build: an override of the generic
+/// [`DerivationBuilder`] steps. Box it and hand it to
+/// [`larder_builder::prepare`] in place of [`larder_builder::GenericBuilder`].
+///
+/// - prepare: the chroot, with the input closure bound read-only at its
+///   store paths, the build directory at `/build` and the sandbox paths;
+///   fixed-output derivations keep the host's network.
+/// - start: the builder in its namespaces; the sandbox's mount and user
+///   namespaces stay saved while it runs.
+/// - unprepare: the saved namespaces are reset first, before the generic
+///   teardown; then the chroot's store is moved aside, and the generic steps
+///   take the outputs from there.
+/// - cleanup after a failure: each output the build left is moved into the
+///   real store for inspection only if the store says *now* that it is
+///   invalid, and never over an existing path.
+pub struct ChrootBuilder {
+    sandbox_paths: Arc<[BindMount]>,
+    store: Arc<LocalStore>,
+    chroot: Option<Chroot>,
+    namespaces: SavedNamespaces,
+    torn_down: bool,
+}
+
+impl fmt::Debug for ChrootBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChrootBuilder")
+            .field("chroot", &self.chroot.as_ref().map(Chroot::dir))
+            .field("namespaces_open", &self.namespaces.is_open())
+            .field("torn_down", &self.torn_down)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChrootBuilder {
+    /// Whether the sandbox's mount and user namespaces are saved (from the
+    /// start of the builder until the build is unprepared).
+    pub fn namespaces_open(&self) -> bool {
+        self.namespaces.is_open()
+    }
+
+    /// The folder that holds this build's sandbox on the host:
+    /// `<real store>/<drv>.chroot`.
+    pub fn sandbox_dir(ctx: &BuildContext) -> PathBuf {
+        ctx.real_store_dir
+            .join(format!("{}.chroot", ctx.drv_path.as_str()))
+    }
+
+    /// The chroot's store directory on the host, while the build runs.
+    fn chroot_store(ctx: &BuildContext) -> PathBuf {
+        ChrootBuilder::sandbox_dir(ctx).join("store")
+    }
+
+    /// Where the chroot's store is moved when the build is torn down.
+    fn held_outputs(ctx: &BuildContext) -> PathBuf {
+        ChrootBuilder::sandbox_dir(ctx).join("outputs")
+    }
+
+    fn chroot_spec(&self, ctx: &BuildContext) -> ChrootSpec {
+        let mut spec = ChrootSpec::new(ChrootBuilder::chroot_store(ctx), &ctx.build_dir);
+        spec.store_dir = PathBuf::from(ctx.store_dir.as_str());
+        spec.build_dir_in_sandbox = ctx.build_dir_in_sandbox.clone();
+        // The outputs are built in the chroot's store, so an output path
+        // that is also an input (a rebuild in check mode) is not bound.
+        let outputs: Vec<&StorePath> = ctx.scratch_outputs.values().collect();
+        for input in &ctx.input_closure {
+            if !outputs.contains(&input) {
+                spec.add_input(ctx.real_store_dir.join(input.as_str()), input.as_str());
+            }
+        }
+        spec.sandbox_paths = self.sandbox_paths.to_vec();
+        // As in Nix, only fixed-output derivations (whose result is checked
+        // against a declared hash) may reach the network.
+        spec.network = match ctx.kind {
+            DerivationKind::Fixed => Network::Host,
+            DerivationKind::InputAddressed { .. } | DerivationKind::Floating => Network::Loopback,
+        };
+        spec
+    }
+
+    /// After a failed build: moves the outputs it left into the real store
+    /// for inspection, as Nix does, but only those the store says are
+    /// invalid now and only where nothing exists yet.
+    fn rescue(&self, ctx: &BuildContext) {
+        let outputs: Vec<StorePath> = ctx.known_outputs.values().flatten().cloned().collect();
+        let outcomes = rescue_outputs_from(
+            &ChrootBuilder::held_outputs(ctx),
+            &ctx.real_store_dir,
+            &outputs,
+            |path| self.store.is_valid(path).map_err(io::Error::other),
+        );
+        for (path, outcome) in outcomes {
+            let shown = ctx.store_dir.display(&path);
+            match outcome {
+                Rescue::NotBuilt => {}
+                Rescue::Moved => tracing::info!("output '{shown}' of a failed build: {outcome}"),
+                Rescue::ValidNow | Rescue::Occupied | Rescue::Failed(_) => {
+                    tracing::warn!("output '{shown}' of a failed build: {outcome}");
+                }
+            }
+        }
+    }
+}
+
+impl DerivationBuilder for ChrootBuilder {
+    /// The builder writes into the chroot's own store directory, so an
+    /// output whose path is valid already can be built at that path.
+    fn needs_hash_rewrite(&self) -> bool {
+        false
+    }
+
+    fn build_dir_in_sandbox(&self, _ctx: &BuildContext) -> PathBuf {
+        PathBuf::from(SANDBOX_BUILD_DIR)
+    }
+
+    fn prepare_sandbox(&mut self, ctx: &BuildContext) -> larder_builder::error::Result<()> {
+        let dir = ChrootBuilder::sandbox_dir(ctx);
+        // A leftover of an interrupted build of this derivation; the
+        // caller's pre-build locks make it ours.
+        remove_tree(&dir).map_err(|e| BuildError::io("deleting the old sandbox", &dir, &e))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| BuildError::io("creating", &dir, &e))?;
+        let chroot = Chroot::create(&self.chroot_spec(ctx)).map_err(|e| {
+            BuildError::misc(format!(
+                "setting up the sandbox of '{}': {e}",
+                ctx.drv_display()
+            ))
+        })?;
+        self.chroot = Some(chroot);
+        Ok(())
+    }
+
+    fn start_child(
+        &mut self,
+        ctx: &BuildContext,
+        command: &BuilderCommand,
+    ) -> larder_builder::error::Result<SpawnedBuilder> {
+        let chroot = self.chroot.as_ref().ok_or_else(|| {
+            BuildError::misc(format!(
+                "the sandbox of '{}' was not prepared",
+                ctx.drv_display()
+            ))
+        })?;
+        let sandboxed = Command {
+            program: command.program.clone(),
+            arg0: command.arg0.clone().into(),
+            args: command.args.iter().map(Into::into).collect(),
+            env: command
+                .env
+                .iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            working_dir: command.cwd.clone(),
+        };
+        let failed = |e: &dyn fmt::Display| {
+            BuildError::misc(format!(
+                "starting builder '{}' for '{}': {e}",
+                command.program.display(),
+                ctx.drv_display()
+            ))
+        };
+        let child = crate::spawn(chroot, &sandboxed).map_err(|e| failed(&e))?;
+        let parts = child.into_parts().map_err(|e| failed(&e))?;
+        let log = parts.log.ok_or_else(|| failed(&"no log pipe"))?;
+        set_nonblocking(log.as_fd()).map_err(|e| failed(&e))?;
+        self.namespaces = parts.namespaces;
+        Ok(SpawnedBuilder {
+            pid: parts.pid,
+            log,
+            exit_fd: Some(parts.pidfd),
+        })
+    }
+
+    /// The override of unprepare's first step: nothing may add paths to
+    /// the sandbox once it is being torn down, so the saved namespaces are
+    /// closed before the generic teardown runs (Nix resets them at the start
+    /// of `ChrootLinuxDerivationBuilder::unprepareBuild`).
+    fn before_unprepare(&mut self, _ctx: &BuildContext) {
+        self.namespaces.reset();
+    }
+
+    /// The builder was PID 1 of its PID namespace and has been reaped, so
+    /// the kernel has killed every other process of the sandbox. What is
+    /// left is to move the chroot's store aside, where the generic steps
+    /// take the outputs from.
+    fn kill_sandbox(&mut self, ctx: &BuildContext) -> larder_builder::error::Result<()> {
+        self.namespaces.reset();
+        if self.chroot.is_none() || self.torn_down {
+            return Ok(());
+        }
+        let from = ChrootBuilder::chroot_store(ctx);
+        let to = ChrootBuilder::held_outputs(ctx);
+        std::fs::rename(&from, &to).map_err(|e| BuildError::io("moving", &from, &e))?;
+        self.torn_down = true;
+        Ok(())
+    }
+
+    fn real_path_in_host(&self, ctx: &BuildContext, path: &StorePath) -> PathBuf {
+        let dir = if self.torn_down {
+            ChrootBuilder::held_outputs(ctx)
+        } else {
+            ChrootBuilder::chroot_store(ctx)
+        };
+        dir.join(path.as_str())
+    }
+
+    /// The cleanup runs while the caller still holds the build's pre-build
+    /// locks (the build is finished or dropped before they are released),
+    /// so the store's answer in the rescue cannot change before the rename.
+    fn cleanup_sandbox(&mut self, ctx: &BuildContext, success: bool) {
+        self.namespaces.reset();
+        if !success && !ctx.check && self.torn_down {
+            self.rescue(ctx);
+        }
+        if let Some(chroot) = self.chroot.take()
+            && let Err(e) = chroot.remove()
+        {
+            tracing::warn!("cleaning up after '{}': {e}", ctx.drv_display());
+        }
+        let dir = ChrootBuilder::sandbox_dir(ctx);
+        if let Err(e) = remove_tree(&dir) {
+            tracing::warn!(
+                "cleaning up after '{}': deleting {}: {e}",
+                ctx.drv_display(),
+                dir.display()
+            );
+        }
+    }
+}

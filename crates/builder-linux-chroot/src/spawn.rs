@@ -1,0 +1,488 @@
+//! Starting a process in the sandbox, and the handle to it.
+//!
+//! The parent prepares everything (`ChildPlan`), creates the child with a
+//! raw `clone` in new user, mount, PID, IPC, UTS and cgroup namespaces (and a
+//! new network namespace unless the build keeps the host's network), writes
+//! the child's uid and gid maps as Nix does (`setgroups` denied), saves its
+//! mount and user namespaces, and only then lets it go on. The child reports
+//! a failed setup step over a close-on-exec pipe; EOF on that pipe means the
+//! builder was executed.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use rustix::fs::{Mode, OFlags};
+use rustix::pipe::PipeFlags;
+use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
+
+use crate::SandboxError;
+use crate::child::{self, ChildFds, FAILURE_BYTES, Failure};
+use crate::chroot::Chroot;
+use crate::namespaces::SavedNamespaces;
+use crate::plan::ChildPlan;
+use crate::spec::{Command, Network, SANDBOX_GID, SANDBOX_UID};
+
+/// A process running in the sandbox.
+///
+/// Dropping the handle kills and reaps the process if it was not waited for;
+/// killing PID 1 of the sandbox's PID namespace kills every process in it.
+#[derive(Debug)]
+pub struct SandboxChild {
+    pid: Pid,
+    pidfd: OwnedFd,
+    log: Option<OwnedFd>,
+    namespaces: SavedNamespaces,
+    status: Option<ExitStatus>,
+    handed_over: bool,
+}
+
+/// A sandboxed process handed over to a caller that supervises it itself
+/// (the generic builder's lifecycle kills its process group and reaps it).
+#[derive(Debug)]
+pub struct SandboxParts {
+    /// The process id on the host; also its process group and session id
+    /// (the child calls `setsid`).
+    pub pid: Pid,
+    /// A pidfd of the process.
+    pub pidfd: OwnedFd,
+    /// The log pipe's read end, unless it was taken before.
+    pub log: Option<OwnedFd>,
+    /// The saved namespaces, which the new owner resets at teardown.
+    pub namespaces: SavedNamespaces,
+}
+
+impl SandboxChild {
+    /// Hands the process over: after this, nothing here kills or reaps it.
+    ///
+    /// # Errors
+    ///
+    /// When the pidfd cannot be duplicated for the new owner.
+    pub fn into_parts(mut self) -> io::Result<SandboxParts> {
+        let pidfd = rustix::io::fcntl_dupfd_cloexec(&self.pidfd, 0)?;
+        self.handed_over = true;
+        Ok(SandboxParts {
+            pid: self.pid,
+            pidfd,
+            log: self.log.take(),
+            namespaces: std::mem::take(&mut self.namespaces),
+        })
+    }
+
+    /// The builder's process id, as the host sees it.
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw_nonzero().get().unsigned_abs()
+    }
+
+    /// A pidfd of the builder, readable when it exits (for an event loop).
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The read end of the pipe the builder's stdout and stderr go to, until
+    /// taken.
+    pub fn log(&self) -> Option<BorrowedFd<'_>> {
+        self.log.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Takes the log pipe's read end, for the caller to drain.
+    pub fn take_log(&mut self) -> Option<OwnedFd> {
+        self.log.take()
+    }
+
+    /// The saved mount and user namespaces.
+    pub fn namespaces(&self) -> &SavedNamespaces {
+        &self.namespaces
+    }
+
+    /// The saved namespaces, to reset them.
+    pub fn namespaces_mut(&mut self) -> &mut SavedNamespaces {
+        &mut self.namespaces
+    }
+
+    /// Sends SIGKILL to the builder, which takes its whole PID namespace
+    /// with it. Killing a process that already exited is not an error.
+    pub fn kill(&self) -> io::Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        match rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(errno) => Err(errno.into()),
+        }
+    }
+
+    /// Reaps the builder if it has exited, without blocking.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.reap(WaitOptions::NOHANG)
+    }
+
+    /// Waits for the builder to exit and reaps it.
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.reap(WaitOptions::empty())? {
+                return Ok(status);
+            }
+        }
+    }
+
+    fn reap(&mut self, options: WaitOptions) -> io::Result<Option<ExitStatus>> {
+        if let Some(status) = self.status {
+            return Ok(Some(status));
+        }
+        loop {
+            match rustix::process::waitpid(Some(self.pid), options) {
+                Ok(Some((_, status))) => {
+                    let status = ExitStatus::from_raw(status.as_raw());
+                    self.status = Some(status);
+                    return Ok(Some(status));
+                }
+                Ok(None) => return Ok(None),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(errno) => return Err(errno.into()),
+            }
+        }
+    }
+}
+
+impl Drop for SandboxChild {
+    fn drop(&mut self) {
+        if self.status.is_none() && !self.handed_over {
+            let _ = self.kill();
+            let _ = self.wait();
+        }
+    }
+}
+
+/// Starts `command` in the sandbox whose file system is `chroot`.
+///
+/// Returns once the builder has been executed; a failure of any setup step,
+/// in the parent or in the child, is an error that names the step and its
+/// paths. Where the kernel refuses the namespaces, the error is
+/// [`SandboxError::Unavailable`].
+pub fn spawn(chroot: &Chroot, command: &Command) -> Result<SandboxChild, SandboxError> {
+    let plan = ChildPlan::new(chroot, command)?;
+    let pipe = || {
+        rustix::pipe::pipe_with(PipeFlags::CLOEXEC).map_err(|errno| SandboxError::Spawn {
+            step: "creating a pipe",
+            source: errno.into(),
+        })
+    };
+    let (log_read, log_write) = pipe()?;
+    let (sync_read, sync_write) = pipe()?;
+    let (error_read, error_write) = pipe()?;
+    let stdin = rustix::fs::open(c"/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|errno| SandboxError::Spawn {
+            step: "opening /dev/null",
+            source: errno.into(),
+        })?;
+    let fds = ChildFds {
+        sync_read: sync_read.as_raw_fd(),
+        error_write: error_write.as_raw_fd(),
+        log_write: log_write.as_raw_fd(),
+        stdin: stdin.as_raw_fd(),
+    };
+
+    let mut flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP;
+    if chroot.network() == Network::Loopback {
+        flags |= libc::CLONE_NEWNET;
+    }
+    let pid = clone_into(flags, || child::run(&plan, fds))?;
+    // The parent's copies of the child's ends: closing them is what lets EOF
+    // on the log and error pipes mean that every writer is gone.
+    drop((log_write, sync_read, error_write, stdin));
+    let mut handle = Started {
+        pid,
+        sync_write: Some(sync_write),
+    };
+
+    let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(|errno| {
+        SandboxError::Spawn {
+            step: "opening a pidfd for the builder",
+            source: errno.into(),
+        }
+    })?;
+    write_id_maps(pid)?;
+    let namespaces =
+        SavedNamespaces::new(open_namespace(pid, "mnt")?, open_namespace(pid, "user")?);
+    handle.release()?;
+
+    // Wait for `execve` (EOF) or a failure record.
+    let mut record = [0u8; FAILURE_BYTES];
+    let read = read_full(&error_read, &mut record).map_err(|source| SandboxError::Spawn {
+        step: "reading the builder's setup result",
+        source,
+    })?;
+    let mut child = SandboxChild {
+        pid: handle.disarm(),
+        pidfd,
+        log: Some(log_read),
+        namespaces,
+        status: None,
+        handed_over: false,
+    };
+    if read == 0 {
+        return Ok(child);
+    }
+    let _ = child.wait();
+    match (read == FAILURE_BYTES)
+        .then(|| Failure::decode(&record))
+        .flatten()
+    {
+        Some(failure) => Err(SandboxError::Child {
+            step: failure.describe(&plan),
+            source: io::Error::from_raw_os_error(failure.errno),
+        }),
+        None => Err(SandboxError::Spawn {
+            step: "reading the builder's setup result",
+            source: io::Error::new(io::ErrorKind::InvalidData, "a truncated failure record"),
+        }),
+    }
+}
+
+/// Creates the sandbox's namespaces once for a child that exits at once.
+pub(crate) fn probe() -> Result<(), SandboxError> {
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWNET;
+    let pid = clone_into(flags, || child::exit(0))?;
+    loop {
+        match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Clones a child with `flags` (and `SIGCHLD`) that runs `in_child`, which
+/// must not return, allocate or lock.
+fn clone_into(flags: libc::c_int, in_child: impl FnOnce()) -> Result<Pid, SandboxError> {
+    // SAFETY: a `clone` without CLONE_VM and without a new stack behaves as
+    // `fork`: the child gets a copy of this thread's memory and stack and
+    // returns 0 here. It then runs only `in_child`, which (by this function's
+    // contract, and as `child::run` is written) neither allocates nor takes
+    // locks that another thread may have held at the time of the clone, and
+    // leaves with `_exit` or `execve`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::c_long::from(flags | libc::SIGCHLD),
+            0 as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    match ret {
+        0 => {
+            in_child();
+            // Only reached if `in_child` broke its contract and returned.
+            child::exit(127)
+        }
+        ret if ret < 0 => {
+            let errno = io::Error::last_os_error();
+            Err(SandboxError::Unavailable {
+                cause: format!(
+                    "the kernel refused to create the namespaces ({errno}); check \
+                     /proc/sys/user/max_user_namespaces and, where it exists, \
+                     /proc/sys/kernel/unprivileged_userns_clone"
+                ),
+            })
+        }
+        ret => i32::try_from(ret)
+            .ok()
+            .and_then(Pid::from_raw)
+            .ok_or_else(|| SandboxError::Spawn {
+                step: "cloning the builder",
+                source: io::Error::other(format!("clone returned {ret}")),
+            }),
+    }
+}
+
+/// A child between `clone` and its release: killed and reaped if the parent
+/// fails before handing it over.
+struct Started {
+    pid: Pid,
+    sync_write: Option<OwnedFd>,
+}
+
+impl Started {
+    /// Tells the child the id maps are written.
+    fn release(&mut self) -> Result<(), SandboxError> {
+        let Some(sync) = self.sync_write.take() else {
+            return Ok(());
+        };
+        rustix::io::write(&sync, b"1").map_err(|errno| SandboxError::Spawn {
+            step: "releasing the builder",
+            source: errno.into(),
+        })?;
+        Ok(())
+    }
+
+    /// Hands the child over; it is no longer killed on drop.
+    fn disarm(mut self) -> Pid {
+        let pid = self.pid;
+        self.sync_write = None;
+        std::mem::forget(self);
+        pid
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(self.pid, Signal::KILL);
+        let _ = rustix::process::waitpid(Some(self.pid), WaitOptions::empty());
+    }
+}
+
+/// Maps the sandbox's uid 1000 and gid 100 to this process's ids, denying
+/// `setgroups` first (required to write a gid map without privileges, and
+/// what Nix does without build users).
+fn write_id_maps(pid: Pid) -> Result<(), SandboxError> {
+    let uid = rustix::process::getuid().as_raw();
+    let gid = rustix::process::getgid().as_raw();
+    let proc = format!("/proc/{}", pid.as_raw_nonzero());
+    let files = [
+        ("uid_map", format!("{SANDBOX_UID} {uid} 1")),
+        ("setgroups", "deny".to_owned()),
+        ("gid_map", format!("{SANDBOX_GID} {gid} 1")),
+    ];
+    for (file, contents) in files {
+        let path = format!("{proc}/{file}");
+        fs::write(&path, contents).map_err(|source| SandboxError::Unavailable {
+            cause: format!("writing {path} failed: {source}"),
+        })?;
+    }
+    Ok(())
+}
+
+fn open_namespace(pid: Pid, kind: &str) -> Result<OwnedFd, SandboxError> {
+    let path = format!("/proc/{}/ns/{kind}", pid.as_raw_nonzero());
+    rustix::fs::open(
+        path.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| SandboxError::Spawn {
+        step: if kind == "mnt" {
+            "saving the mount namespace"
+        } else {
+            "saving the user namespace"
+        },
+        source: errno.into(),
+    })
+}
+
+/// Reads until `buffer` is full or EOF; returns the bytes read.
+fn read_full(fd: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match rustix::io::read(fd, &mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{ChrootSpec, default_sandbox_paths};
+    use std::io::Read;
+
+    /// The sandbox's prerequisites, or the reason this test skips.
+    fn prerequisites() -> Option<Vec<crate::BindMount>> {
+        if let Err(error) = crate::check_support() {
+            eprintln!("skipped: needs root or user namespaces: {error}");
+            return None;
+        }
+        match default_sandbox_paths() {
+            Ok(paths) => Some(paths),
+            Err(error) => {
+                eprintln!("skipped: {error}");
+                None
+            }
+        }
+    }
+
+    fn run(script: &str) -> Option<(ExitStatus, String)> {
+        let paths = prerequisites()?;
+        let temp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(temp.path().join("build")).expect("mkdir");
+        let mut spec = ChrootSpec::new(temp.path().join("x.chroot"), temp.path().join("build"));
+        spec.sandbox_paths = paths;
+        let chroot = Chroot::create(&spec).expect("chroot");
+        let command = Command::new("/bin/sh").arg("-c").arg(script);
+        let mut child = spawn(&chroot, &command).expect("spawn");
+        let mut log = String::new();
+        let log_fd = child.take_log().expect("log");
+        std::fs::File::from(log_fd)
+            .read_to_string(&mut log)
+            .expect("reading the log");
+        let status = child.wait().expect("wait");
+        Some((status, log))
+    }
+
+    #[test]
+    fn a_script_runs_as_nixbld_pid_1_on_localhost() {
+        let Some((status, log)) = run("id -u; id -g; hostname; echo $$; pwd; exit 3") else {
+            return;
+        };
+        assert_eq!(status.code(), Some(3), "{log}");
+        assert_eq!(log, "1000\n100\nlocalhost\n1\n/build\n");
+    }
+
+    #[test]
+    fn a_handed_over_child_is_left_to_its_new_owner() {
+        let Some(paths) = prerequisites() else {
+            return;
+        };
+        let temp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(temp.path().join("build")).expect("mkdir");
+        let mut spec = ChrootSpec::new(temp.path().join("x.chroot"), temp.path().join("build"));
+        spec.sandbox_paths = paths;
+        let chroot = Chroot::create(&spec).expect("chroot");
+        let child =
+            spawn(&chroot, &Command::new("/bin/sh").arg("-c").arg("exit 7")).expect("spawn");
+        let mut parts = child.into_parts().expect("handing over");
+        assert!(parts.namespaces.is_open());
+        let mut log = String::new();
+        std::fs::File::from(parts.log.take().expect("log"))
+            .read_to_string(&mut log)
+            .expect("log");
+        // Still unreaped: the new owner reaps it.
+        let (_, status) = rustix::process::waitpid(Some(parts.pid), WaitOptions::empty())
+            .expect("waitpid")
+            .expect("a status");
+        assert_eq!(status.exit_status(), Some(7));
+        parts.namespaces.reset();
+    }
+
+    #[test]
+    fn a_missing_program_is_reported_with_its_step() {
+        if prerequisites().is_none() {
+            return;
+        }
+        let temp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(temp.path().join("build")).expect("mkdir");
+        let spec = ChrootSpec::new(temp.path().join("x.chroot"), temp.path().join("build"));
+        let chroot = Chroot::create(&spec).expect("chroot");
+        let error = spawn(&chroot, &Command::new("/bin/nothing")).expect_err("no program");
+        let message = error.to_string();
+        assert!(message.contains("executing /bin/nothing"), "{message}");
+        assert!(message.contains("No such file"), "{message}");
+    }
+}
