@@ -41,6 +41,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         "larder-store-core",
         "-p",
         "larder-pathlocks",
+        "-p",
+        "larder-builder-linux-chroot",
         "--examples",
         "--bins",
     ]))?;
@@ -65,6 +67,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         &mut rows,
     )?;
     lock_rows(&release.join("examples/lock_bench"), &mut rows)?;
+    let sandbox_n = if quick { "20" } else { "200" };
+    example_rows(
+        &release.join("examples/sandbox_bench"),
+        &[sandbox_n],
+        &mut rows,
+    )?;
 
     println!("\n{}", render(&rows));
     println!("machine: {}", machine()?);
@@ -149,6 +157,18 @@ fn nar_hash_rows(
 /// `{"name", "value", "unit", "peer"?, "peer_value"?, "target"?}`.
 fn example_rows(example: &Path, args: &[&str], rows: &mut Vec<Row>) -> Result<()> {
     let text = output(Command::new(example).args(args))?;
+    for line in text.lines().filter(|l| l.contains("skipped")) {
+        // A benchmark that cannot run here says why; so does the table.
+        rows.push(Row {
+            figure: example
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            larder: "skipped".to_owned(),
+            peer: line.trim().to_owned(),
+            ratio: String::new(),
+            target: String::new(),
+        });
+    }
     for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
         let figure = parse_figure(line)
             .with_context(|| format!("reading a figure of {}: {line}", example.display()))?;
