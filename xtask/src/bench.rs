@@ -221,7 +221,7 @@ fn lock_rows(example: &Path, rows: &mut Vec<Row>) -> Result<()> {
                 || "uncontended try-lock: missing".to_owned(),
                 |s| format!("uncontended try-lock: {s:.1} µs; Nix: polls every 5 s"),
             ),
-            ratio: format!("{:.0}x faster than Nix's poll", 5e6 / med),
+            ratio: format!("{} than Nix's poll", speedup(5e6 / med)),
             target: target.to_owned(),
         });
     }
@@ -239,7 +239,11 @@ fn parse_figure(line: &str) -> Option<Row> {
     ) {
         (Some(peer), Some(theirs)) => (
             format!("{peer}: {theirs:.3} {unit}"),
-            format!("{:.2}x", ours / theirs),
+            speedup(if lower_is_better(unit) {
+                theirs / ours
+            } else {
+                ours / theirs
+            }),
         ),
         (Some(peer), None) => (format!("{peer}: missing"), String::new()),
         _ => ("none (absolute target)".to_owned(), String::new()),
@@ -268,7 +272,7 @@ fn throughput_row(
     let (peer, ratio) = match peer {
         Some((name, theirs)) => (
             format!("{name}: {:.0} MB/s", rate(theirs)),
-            format!("{:.2}x", theirs.as_secs_f64() / ours.as_secs_f64()),
+            speedup(theirs.as_secs_f64() / ours.as_secs_f64()),
         ),
         None => ("peer missing (not installed)".to_owned(), String::new()),
     };
@@ -278,6 +282,25 @@ fn throughput_row(
         peer,
         ratio,
         target: target.to_owned(),
+    }
+}
+
+/// Whether smaller figures in `unit` are better (times, sizes), as opposed
+/// to throughputs.
+fn lower_is_better(unit: &str) -> bool {
+    matches!(
+        unit,
+        "ns" | "µs" | "us" | "ms" | "s" | "ms/drv" | "MiB" | "MB"
+    )
+}
+
+/// A ratio of larder's speed to the peer's, said in words so that its
+/// direction is never in doubt.
+fn speedup(ratio: f64) -> String {
+    if ratio >= 1.0 {
+        format!("{ratio:.2}x faster")
+    } else {
+        format!("{:.2}x slower", 1.0 / ratio)
     }
 }
 
@@ -363,7 +386,7 @@ impl XorShift {
 
 fn render(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| figure | larder | peer (same run) | ratio | target |\n| --- | --- | --- | --- | --- |\n",
+        "| figure | larder | peer (same run) | larder vs peer | target |\n| --- | --- | --- | --- | --- |\n",
     );
     for r in rows {
         let _ = writeln!(
