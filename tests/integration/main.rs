@@ -7,5 +7,6 @@
 mod cli;
 mod goals;
 mod local_store;
+mod pathlocks;
 mod sandbox;
 mod support;
