@@ -661,3 +661,87 @@ fn failures_give_nix_exit_statuses() {
     assert!(!scratch.is_valid(&out_path));
     scratch.assert_verifies();
 }
+
+/// `--check` rebuilds and compares: a deterministic build passes, one
+/// that is not gives Nix's status 104.
+#[test]
+fn check_mode_reports_non_determinism() {
+    let scratch = Scratch::new();
+    let known = BTreeMap::new();
+    let steady = input_addressed("steady", "echo same > $out", &[], &known);
+    let wobbly = input_addressed("wobbly", "date +%s%N > $out", &[], &known);
+    let files = [
+        scratch.write("steady.json", &steady),
+        scratch.write("wobbly.json", &wobbly),
+    ];
+    let out = scratch.build(&["--no-sandbox"], &files);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = scratch.build(&["--no-sandbox", "--check"], &files[..1]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = scratch.build(&["--no-sandbox", "--check"], &files[1..]);
+    assert_eq!(out.status.code(), Some(104), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("may not be deterministic"));
+}
+
+/// SIGINT (Ctrl-C) stops `larder build` at once: the builder, in a
+/// process group of its own that the terminal's signal does not reach, is
+/// killed with it, and the store stays consistent.
+#[test]
+fn interrupt_kills_the_builders() {
+    let scratch = Scratch::new();
+    let pid_file = scratch.dir.path().join("builder.pid");
+    let sleeper = input_addressed(
+        "sleeper",
+        &format!("echo $$ > '{}'; sleep 60; echo > $out", pid_file.display()),
+        &[],
+        &BTreeMap::new(),
+    );
+    let file = scratch.write("sleeper.json", &sleeper);
+    let mut child = larder()
+        .arg("--store")
+        .arg(scratch.store())
+        .args(["build", "--no-sandbox"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !pid_file.exists() || fs::read_to_string(&pid_file).unwrap().trim().is_empty() {
+        assert!(started.elapsed() < BOUND, "the builder never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let builder: i32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("larder did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted by the user"), "{stderr}");
+    let builder = rustix::process::Pid::from_raw(builder).unwrap();
+    assert!(
+        rustix::process::test_kill_process(builder).is_err(),
+        "the builder outlived larder"
+    );
+    scratch.assert_verifies();
+}
