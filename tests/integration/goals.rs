@@ -745,3 +745,79 @@ fn interrupt_kills_the_builders() {
     );
     scratch.assert_verifies();
 }
+
+/// A derivation `nix-instantiate` wrote, with a path literal, texts (one
+/// naming another) and an input derivation, builds from its store path
+/// with `--import /nix/store`: every input is taken from Nix's store,
+/// verified, and the output is the path Nix names.
+#[test]
+fn nix_instantiated_derivations_import_from_the_nix_store() {
+    let available = Command::new("nix-instantiate")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        eprintln!("skipped: nix-instantiate is not installed");
+        return;
+    }
+    let scratch = Scratch::new();
+    let dir = scratch.drvs();
+    fs::write(dir.join("data.txt"), "hello from a path\n").unwrap();
+    fs::write(
+        dir.join("t.nix"),
+        r#"{ seed }:
+let
+  txt = builtins.toFile "note-${seed}.txt" "a note\n";
+  ref = builtins.toFile "ref-${seed}.txt" "points at ${txt}\n";
+  dep = derivation {
+    name = "dep-${seed}"; system = builtins.currentSystem; PATH = "/usr/bin:/bin";
+    builder = "/bin/sh"; args = [ "-c" "echo dep > $out" ];
+  };
+in derivation {
+  name = "imported-${seed}"; system = builtins.currentSystem; PATH = "/usr/bin:/bin";
+  builder = "/bin/sh"; args = [ "-c" "cat ${./data.txt} ${ref} ${dep} > $out" ];
+}
+"#,
+    )
+    .unwrap();
+    let seed = format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let out = Command::new("nix-instantiate")
+        .args(["--argstr", "seed", &seed])
+        .arg(dir.join("t.nix"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let drv = text(&out.stdout).trim().to_owned();
+    let out = Command::new("nix-store")
+        .args(["--query", "--outputs", &drv])
+        .output()
+        .unwrap();
+    let wanted = text(&out.stdout).trim().to_owned();
+    for mode in modes() {
+        let scratch = Scratch::new();
+        let mut args = vec!["--import", "/nix/store"];
+        args.extend_from_slice(mode);
+        let out = scratch.build(&args, &[PathBuf::from(&drv)]);
+        assert!(out.status.success(), "{mode:?}: {}", text(&out.stderr));
+        assert_eq!(output_lines(&out), std::slice::from_ref(&wanted));
+        let real = scratch.store().join(wanted.trim_start_matches('/'));
+        let contents = fs::read_to_string(real).unwrap();
+        assert!(
+            contents.starts_with("hello from a path\npoints at /nix/store/"),
+            "{contents}"
+        );
+        assert!(
+            contents.ends_with(&format!("-note-{seed}.txt\ndep\n")),
+            "{contents}"
+        );
+        scratch.assert_verifies();
+    }
+}
