@@ -43,6 +43,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         "larder-pathlocks",
         "-p",
         "larder-builder-linux-chroot",
+        "-p",
+        "larder-goals",
         "--examples",
         "--bins",
     ]))?;
@@ -73,6 +75,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         &[sandbox_n],
         &mut rows,
     )?;
+
+    let build_args: &[&str] = if quick { &["--quick"] } else { &[] };
+    example_rows(&release.join("examples/build_bench"), build_args, &mut rows)?;
 
     println!("\n{}", render(&rows));
     println!("machine: {}", machine()?);
