@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stderr, unreachable_pub)]
 
+mod bad_input;
 mod cli;
 mod goals;
 mod local_store;

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
                 .lines()
                 .next()
                 .unwrap_or("error: invalid arguments");
-            eprintln!("{first} (see 'larder --help')");
+            eprintln!("{} (see 'larder --help')", escape_controls(first));
             return ExitCode::FAILURE;
         }
     };
@@ -63,7 +63,9 @@ fn main() -> ExitCode {
 
 /// The error and its causes on one line, outermost first, as Nix prints its
 /// errors. A cause whose text its parent already shows is left out, since
-/// some errors spell their source in their own message.
+/// some errors spell their source in their own message. Control characters
+/// (a newline inside a quoted environment value, say) are escaped, so that
+/// the message stays one line whatever the input held.
 fn one_line(error: &anyhow::Error) -> String {
     let mut line = String::new();
     let mut shown = String::new();
@@ -78,7 +80,21 @@ fn one_line(error: &anyhow::Error) -> String {
         line.push_str(&text);
         shown = text;
     }
-    line
+    escape_controls(&line)
+}
+
+/// `text` with each control character written as a Rust escape (`\n`,
+/// `\u{1b}`), so that it prints as one line and cannot drive the terminal.
+fn escape_controls(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {

@@ -29,9 +29,14 @@ impl PathLocks {
         self.locks.iter().map(|(path, _)| path.as_path())
     }
 
-    /// Whether `path` is one of the locked paths.
+    /// Whether `path` is one of the locked paths. A relative `path` is
+    /// taken from the current folder, as the paths were when locked (they
+    /// are held absolute).
     pub fn contains(&self, path: &Path) -> bool {
-        self.locks.iter().any(|(held, _)| held == path)
+        let Ok(path) = std::path::absolute(path) else {
+            return false;
+        };
+        self.locks.iter().any(|(held, _)| *held == path)
     }
 
     /// How many paths are locked.
@@ -103,5 +108,27 @@ impl Drop for PathLocks {
         if !locks.is_empty() {
             self.release_all(locks);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Owner, lock_blocking};
+
+    #[test]
+    fn contains_takes_relative_paths_from_the_current_folder() {
+        // A folder named relative to the current one, as `--store ROOT`
+        // may be given.
+        let dir = tempfile::tempdir_in(".").expect("temp folder");
+        let cwd = std::env::current_dir().expect("current folder");
+        let relative = dir
+            .path()
+            .strip_prefix(&cwd)
+            .expect("under the current folder");
+        let path = relative.join("p");
+        let locks = lock_blocking(Owner::fresh(), [&path]).expect("lock");
+        assert!(locks.contains(&path));
+        assert!(locks.contains(&std::path::absolute(&path).expect("absolute")));
+        assert!(!locks.contains(&relative.join("q")));
     }
 }

@@ -17,7 +17,7 @@ use larder_builder_linux_chroot::SandboxConfig;
 use larder_goals::runtime::{Runtime, remote_channel};
 use larder_goals::{BuildResult, EventSink, Failure, Limits, Settings, StoreBackend};
 use larder_local_store::LocalStore;
-use larder_store_core::{Derivation, StorePath};
+use larder_store_core::{Derivation, StoreDir, StorePath};
 
 use display::{Display, Style};
 use import::Importer;
@@ -64,9 +64,14 @@ pub(crate) struct BuildArgs {
 
 /// Runs `larder build`.
 pub(crate) fn run(args: &BuildArgs, global: &super::GlobalArgs) -> Result<ExitCode> {
+    // Files are parsed before the store is opened, so that bad input
+    // neither creates a store nor touches one.
+    let files = read_files(args, &global.store_dir()?)?;
     let store = Arc::new(global.open_store()?);
-    let targets = import_targets(&store, args)?;
+    // The sandbox is checked before anything is imported, so that a
+    // machine without namespaces fails the command with nothing written.
     let new_builder = builder_factory(args.no_sandbox, &store)?;
+    let targets = import_targets(&store, args, files)?;
     let backend = StoreBackend::new(Arc::clone(&store), build_settings(), new_builder);
 
     let terminal = std::io::stderr().is_terminal();
@@ -135,15 +140,47 @@ pub(crate) fn run(args: &BuildArgs, global: &super::GlobalArgs) -> Result<ExitCo
     Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))
 }
 
-/// Reads each FILE, brings it and what it needs into the store, and
-/// returns the `.drv` store paths (as the worker names them).
-fn import_targets(store: &LocalStore, args: &BuildArgs) -> Result<Vec<PathBuf>> {
+/// A FILE of the command line, read before the store is opened.
+enum FileArg {
+    /// A `.drv` store path (`/nix/store/<hash>-<name>.drv`), and the
+    /// derivation in the file of that name when there is one.
+    StorePath(StorePath, Option<Derivation>),
+    /// Any other file: a `.drv` or derivation JSON.
+    File(Derivation),
+}
+
+/// Parses every FILE, output paths as given.
+fn read_files(args: &BuildArgs, store_dir: &StoreDir) -> Result<Vec<FileArg>> {
+    args.files
+        .iter()
+        .map(|file| {
+            Ok(match store_drv_path(store_dir, file) {
+                Some(path) if !file.exists() => FileArg::StorePath(path, None),
+                Some(path) => {
+                    let drv = read_derivation_file(file, store_dir)?;
+                    FileArg::StorePath(path, Some(drv))
+                }
+                None => FileArg::File(read_derivation_file(file, store_dir)?),
+            })
+        })
+        .collect()
+}
+
+/// Brings each FILE and what it needs into the store, and returns the
+/// `.drv` store paths (as the worker names them). Everything is looked up
+/// and checked before anything is written, so that a missing or wrong
+/// input leaves the store as it was.
+fn import_targets(
+    store: &LocalStore,
+    args: &BuildArgs,
+    read: Vec<FileArg>,
+) -> Result<Vec<PathBuf>> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     for file in &args.files {
-        if let Some(parent) = file.parent()
-            && !dirs.iter().any(|d| d == parent)
+        if let Some(parent) = file.parent().map(super::derivation::folder_of)
+            && !dirs.contains(&parent)
         {
-            dirs.push(parent.to_path_buf());
+            dirs.push(parent);
         }
     }
     dirs.extend(args.imports.iter().cloned());
@@ -153,20 +190,28 @@ fn import_targets(store: &LocalStore, args: &BuildArgs) -> Result<Vec<PathBuf>> 
         Path(StorePath),
         File(usize),
     }
-    let mut targets = Vec::with_capacity(args.files.len());
+    let mut targets = Vec::with_capacity(read.len());
     let mut files = Vec::new();
-    for file in &args.files {
-        match store_drv_path(store, file) {
-            Some(path) if store.is_valid(&path).unwrap_or(false) || !file.exists() => {
+    for (file, arg) in args.files.iter().zip(read) {
+        match arg {
+            FileArg::StorePath(path, None) => targets.push(Target::Path(path)),
+            // A store path that is valid is built from the store's copy.
+            FileArg::StorePath(path, Some(_)) if store.is_valid(&path).unwrap_or(false) => {
                 targets.push(Target::Path(path));
             }
-            _ => {
+            FileArg::StorePath(_, Some(drv)) | FileArg::File(drv) => {
                 targets.push(Target::File(files.len()));
-                files.push((file.clone(), read_derivation_file(file, store)?));
+                files.push((file.clone(), drv));
             }
         }
     }
     let accepted = importer.accept(files)?;
+    for target in &targets {
+        match target {
+            Target::Path(path) => importer.check_derivation(path)?,
+            Target::File(index) => importer.check_inputs(&accepted[*index].1)?,
+        }
+    }
     let mut paths = Vec::with_capacity(targets.len());
     for target in targets {
         let path = match target {
@@ -182,20 +227,20 @@ fn import_targets(store: &LocalStore, args: &BuildArgs) -> Result<Vec<PathBuf>> 
 }
 
 /// Parses a `.drv` (ATerm) or derivation JSON file, output paths as given.
-fn read_derivation_file(file: &Path, store: &LocalStore) -> Result<Derivation> {
+fn read_derivation_file(file: &Path, store_dir: &StoreDir) -> Result<Derivation> {
     let bytes = std::fs::read(file).with_context(|| format!("reading '{}'", file.display()))?;
     if bytes.starts_with(b"Derive(") || bytes.starts_with(b"DrvWithVersion(") {
-        return super::derivation::parse_aterm_file(file, &bytes, store.store_dir());
+        return super::derivation::parse_aterm_file(file, &bytes, store_dir);
     }
     let text = std::str::from_utf8(&bytes)
         .with_context(|| format!("'{}' is neither a .drv file nor UTF-8 JSON", file.display()))?;
-    Derivation::from_json(text, store.store_dir())
+    Derivation::from_json(text, store_dir)
         .with_context(|| format!("reading derivation JSON '{}'", file.display()))
 }
 
 /// `file` as a `.drv` store path, when it is spelled as one.
-fn store_drv_path(store: &LocalStore, file: &Path) -> Option<StorePath> {
-    let path = store.parse_path(file.to_str()?).ok()?;
+fn store_drv_path(store_dir: &StoreDir, file: &Path) -> Option<StorePath> {
+    let path = super::parse_store_path(store_dir, file.to_str()?).ok()?;
     (file.is_absolute() && path.is_derivation()).then_some(path)
 }
 

@@ -68,19 +68,35 @@ fn show(args: &ShowArgs) -> Result<()> {
 fn add(args: &AddArgs, global: &super::GlobalArgs) -> Result<()> {
     let file = &args.file;
     let bytes = fs::read(file).with_context(|| format!("reading '{}'", file.display()))?;
-    let store = global.open_store()?;
-    let info = if bytes.starts_with(b"Derive(") || bytes.starts_with(b"DrvWithVersion(") {
-        let drv = parse_aterm_file(file, &bytes, store.store_dir())?;
-        store.write_derivation(&drv)
+    // The file is parsed before the store is opened, so that a malformed
+    // one neither creates a store nor touches one.
+    let store_dir = global.store_dir()?;
+    let parsed = if bytes.starts_with(b"Derive(") || bytes.starts_with(b"DrvWithVersion(") {
+        Parsed::Aterm(parse_aterm_file(file, &bytes, &store_dir)?)
     } else {
         let text = std::str::from_utf8(&bytes).with_context(|| {
             format!("'{}' is neither a .drv file nor UTF-8 JSON", file.display())
         })?;
-        store.add_derivation_json(text).map(|(_, info)| info)
+        Derivation::from_json(text, &store_dir)
+            .with_context(|| format!("reading derivation JSON '{}'", file.display()))?;
+        Parsed::Json(text)
+    };
+    let store = global.open_store()?;
+    let info = match parsed {
+        Parsed::Aterm(drv) => store.write_derivation(&drv),
+        // The store fills in the output paths JSON leaves out, from the
+        // input derivations it holds.
+        Parsed::Json(text) => store.add_derivation_json(text).map(|(_, info)| info),
     }
     .with_context(|| format!("adding derivation '{}'", file.display()))?;
     super::emit(&store.print_path(&info.path))?;
     Ok(())
+}
+
+/// A derivation file for `derivation add`, checked before the store opens.
+enum Parsed<'a> {
+    Aterm(Derivation),
+    Json(&'a str),
 }
 
 /// Reads a derivation from a `.drv` or JSON file, and fills in the output
@@ -105,7 +121,7 @@ pub(crate) fn load(
         .outputs()
         .values()
         .any(|o| matches!(o, DerivationOutput::Deferred));
-    let mut dirs: Vec<PathBuf> = file.parent().map(Path::to_path_buf).into_iter().collect();
+    let mut dirs: Vec<PathBuf> = file.parent().map(folder_of).into_iter().collect();
     dirs.extend(imports.iter().cloned());
     let mut source = FolderSource { dirs, store_dir };
     if deferred {
@@ -195,6 +211,16 @@ impl larder_store_core::derivation::DerivationSource for FolderSource<'_> {
             .into());
         }
         Ok(drv)
+    }
+}
+
+/// A file's folder as a path to show and search: `.` rather than the empty
+/// parent of a bare file name.
+pub(crate) fn folder_of(parent: &Path) -> PathBuf {
+    if parent.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        parent.to_path_buf()
     }
 }
 

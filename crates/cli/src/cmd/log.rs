@@ -15,8 +15,8 @@ pub(crate) struct LogArgs {
 }
 
 pub(crate) fn run(args: &LogArgs, global: &GlobalArgs) -> Result<()> {
+    let path = super::parse_store_path(&global.store_dir()?, &args.path)?;
     let store = global.open_store()?;
-    let path = store.parse_path(&args.path)?;
     match store.read_build_log(&path)? {
         Some(log) => {
             let mut out = std::io::stdout().lock();

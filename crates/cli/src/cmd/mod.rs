@@ -16,7 +16,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use larder_local_store::LocalStore;
+use larder_local_store::{LocalStore, StoreLayout};
+use larder_store_core::{StoreDir, StorePath};
 
 /// Options every subcommand takes.
 #[derive(Debug, Args)]
@@ -29,13 +30,18 @@ pub(crate) struct GlobalArgs {
 }
 
 impl GlobalArgs {
-    /// The store root this invocation uses.
+    /// The store root this invocation uses, made absolute: the store's
+    /// paths are handed to builders, mounts and locks that do not share
+    /// this process's current folder.
     pub(crate) fn store_root(&self) -> Result<PathBuf> {
-        if let Some(root) = &self.store {
-            return Ok(root.clone());
-        }
-        if let Some(root) = std::env::var_os("LARDER_STORE").filter(|v| !v.is_empty()) {
-            return Ok(PathBuf::from(root));
+        let given = self.store.clone().or_else(|| {
+            std::env::var_os("LARDER_STORE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        if let Some(root) = given {
+            return std::path::absolute(&root)
+                .with_context(|| format!("cannot use '{}' as the store root", root.display()));
         }
         let data = std::env::var_os("XDG_DATA_HOME")
             .filter(|v| !v.is_empty())
@@ -49,7 +55,19 @@ impl GlobalArgs {
         Ok(data.join("larder"))
     }
 
+    /// The logical store directory of the store this invocation uses, known
+    /// without opening (or creating) the store: commands parse their input
+    /// with it first, so that bad input never creates a store.
+    pub(crate) fn store_dir(&self) -> Result<StoreDir> {
+        Ok(StoreLayout::new(self.store_root()?).store_dir().clone())
+    }
+
     /// Opens (creating on first use) the store.
+    ///
+    /// Commands call this only once their command line and input files
+    /// have parsed: a well-formed request that then fails against the store
+    /// (a path that is not valid, an input that is not found) may leave a
+    /// new, empty store behind, as any first use does; bad input leaves none.
     pub(crate) fn open_store(&self) -> Result<LocalStore> {
         let root = self.store_root()?;
         LocalStore::open(&root)
@@ -98,6 +116,18 @@ impl Command {
         }?;
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Parses a store path given on the command line: in full
+/// (`/nix/store/<hash>-<name>`) or as a base name, as
+/// [`LocalStore::parse_path`] does, but without a store.
+pub(crate) fn parse_store_path(store_dir: &StoreDir, s: &str) -> Result<StorePath> {
+    let path = if s.starts_with('/') {
+        store_dir.parse(s)?
+    } else {
+        StorePath::from_base_name(s)?
+    };
+    Ok(path)
 }
 
 /// Prints one line on standard output. Failures, such as a closed pipe,

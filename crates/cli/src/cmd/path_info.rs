@@ -20,12 +20,13 @@ pub(crate) struct PathInfoArgs {
 }
 
 pub(crate) fn run(args: &PathInfoArgs, global: &GlobalArgs) -> Result<ExitCode> {
-    let store = global.open_store()?;
+    let store_dir = global.store_dir()?;
     let paths = args
         .paths
         .iter()
-        .map(|p| store.parse_path(p))
+        .map(|p| super::parse_store_path(&store_dir, p))
         .collect::<Result<Vec<_>, _>>()?;
+    let store = global.open_store()?;
     if args.json {
         // As Nix: an invalid path is an entry with `valid: false`.
         let mut entries = Vec::new();

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use larder_store_core::content_address::ContentAddressMethod;
-use larder_store_core::store_path::StoreReferences;
+use larder_store_core::store_path::{StoreReferences, validate_name};
 use larder_store_core::{HashAlgo, StoreDir};
 
 use larder_local_store::AddOptions;
@@ -51,23 +51,11 @@ impl StoreCommand {
 }
 
 fn add(args: &AddArgs, global: &GlobalArgs) -> Result<()> {
+    let name = store_path_name(args)?;
+    check_source(args)?;
     if !args.dry_run {
         return add_to_store(args, global);
     }
-    let name = match &args.name {
-        Some(name) => name.clone(),
-        None => args
-            .path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .with_context(|| {
-                format!(
-                    "cannot take a store path name from '{}'; use --name",
-                    args.path.display()
-                )
-            })?
-            .to_owned(),
-    };
     let (method, hash) = match args.mode {
         Mode::Flat => (
             ContentAddressMethod::Flat,
@@ -86,6 +74,45 @@ fn add(args: &AddArgs, global: &GlobalArgs) -> Result<()> {
     let path =
         store_dir.make_fixed_output_path(&name, method, &hash, &StoreReferences::default())?;
     super::emit(&store_dir.display(&path))?;
+    Ok(())
+}
+
+/// The name the store path gets: `--name`, else the file's base name;
+/// checked, so that a bad one is refused before the store is opened.
+fn store_path_name(args: &AddArgs) -> Result<String> {
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => args
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| {
+                format!(
+                    "cannot take a store path name from '{}'; use --name",
+                    args.path.display()
+                )
+            })?
+            .to_owned(),
+    };
+    validate_name(&name).with_context(|| format!("'{name}' is not a valid store path name"))?;
+    Ok(name)
+}
+
+/// Checks that the source exists and suits the mode, before the store is
+/// opened: a missing file must not create a store.
+fn check_source(args: &AddArgs) -> Result<()> {
+    let meta = std::fs::symlink_metadata(&args.path)
+        .with_context(|| format!("reading '{}'", args.path.display()))?;
+    if matches!(args.mode, Mode::Flat | Mode::Text) && !meta.is_file() {
+        bail!(
+            "'{}' is not a regular file, which --mode {} needs",
+            args.path.display(),
+            match args.mode {
+                Mode::Flat => "flat",
+                _ => "text",
+            }
+        );
+    }
     Ok(())
 }
 

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use larder_local_store::{AddOptions, LocalStore};
 use larder_store_core::derivation::{DerivationOutput, DerivationSource, HashModuloCache};
-use larder_store_core::{ContentAddressMethod, Derivation, StorePath};
+use larder_store_core::store_path::StoreReferences;
+use larder_store_core::{ContentAddressMethod, Derivation, HashAlgo, StorePath};
 
 /// Adds derivations and their inputs to a store.
 pub(super) struct Importer<'a> {
@@ -24,6 +25,8 @@ pub(super) struct Importer<'a> {
     done: BTreeSet<StorePath>,
     /// Paths being imported, to refuse reference cycles between sources.
     active: BTreeSet<StorePath>,
+    /// Paths found importable by the checks, which write nothing.
+    checked: BTreeSet<StorePath>,
 }
 
 impl<'a> Importer<'a> {
@@ -35,6 +38,7 @@ impl<'a> Importer<'a> {
             given: BTreeMap::new(),
             done: BTreeSet::new(),
             active: BTreeSet::new(),
+            checked: BTreeSet::new(),
         }
     }
 
@@ -97,6 +101,95 @@ impl<'a> Importer<'a> {
         }
         let accepted: Vec<(StorePath, Derivation)> = accepted.into_iter().flatten().collect();
         Ok(accepted)
+    }
+
+    /// Checks, writing nothing, that the derivation `path` is valid or can
+    /// be imported with everything it needs: each input found and hashing
+    /// to its store path. [`Importer::ensure_derivation`] then cannot fail
+    /// for bad input, only for a store that refuses the writes.
+    pub(super) fn check_derivation(&mut self, path: &StorePath) -> Result<()> {
+        if self.checked.contains(path) || self.is_valid(path)? {
+            return Ok(());
+        }
+        let drv = match self.given.get(path) {
+            Some(drv) => drv.clone(),
+            None => self.read_from_folder(path)?,
+        };
+        self.check_inputs(&drv)?;
+        self.checked.insert(path.clone());
+        Ok(())
+    }
+
+    /// Checks, writing nothing, that the inputs of `drv` are valid or can
+    /// be imported (see [`Importer::check_derivation`]).
+    pub(super) fn check_inputs(&mut self, drv: &Derivation) -> Result<()> {
+        for input in drv.input_drvs.keys() {
+            self.check_derivation(input)?;
+        }
+        for source in &drv.input_srcs {
+            self.check_source(source)?;
+        }
+        Ok(())
+    }
+
+    /// Checks, writing nothing, that the source `path` is valid or found in
+    /// a folder with contents that hash to it, as [`Importer::ensure_source`]
+    /// would add it: a text or a NAR-hashed tree, with the references it
+    /// mentions that can be had.
+    fn check_source(&mut self, path: &StorePath) -> Result<()> {
+        if self.checked.contains(path) || self.is_valid(path)? {
+            return Ok(());
+        }
+        let shown = self.store.print_path(path);
+        if !self.active.insert(path.clone()) {
+            bail!("input source '{shown}' refers to itself through other sources");
+        }
+        let file = self.find(path)?;
+        let mut references = BTreeSet::new();
+        for candidate in self.mentioned_paths(&file, path)? {
+            if self.is_valid(&candidate)? || self.locate(&candidate).is_some() {
+                if candidate.name().ends_with(".drv") {
+                    self.check_derivation(&candidate)?;
+                } else {
+                    self.check_source(&candidate)?;
+                }
+                references.insert(candidate);
+            }
+        }
+        self.active.remove(path);
+        let store_dir = self.store.store_dir();
+        let meta =
+            fs::symlink_metadata(&file).with_context(|| format!("reading '{}'", file.display()))?;
+        if meta.is_file() {
+            let contents =
+                fs::read(&file).with_context(|| format!("reading '{}'", file.display()))?;
+            let hash = HashAlgo::Sha256.digest(&contents);
+            if store_dir.make_text_path(path.name(), &hash, &references)? == *path {
+                self.checked.insert(path.clone());
+                return Ok(());
+            }
+        }
+        let nar = larder_store_core::nar::Dumper::new()
+            .hash_path(&file, HashAlgo::Sha256)
+            .with_context(|| format!("hashing '{}'", file.display()))?;
+        let references = StoreReferences {
+            others: references,
+            self_ref: false,
+        };
+        let computed = store_dir.make_fixed_output_path(
+            path.name(),
+            ContentAddressMethod::Nar,
+            &nar.hash,
+            &references,
+        )?;
+        if computed != *path {
+            bail!(
+                "'{}' does not hash to the input source '{shown}' as a text or a NAR-hashed path",
+                file.display()
+            );
+        }
+        self.checked.insert(path.clone());
+        Ok(())
     }
 
     /// Writes `drv` to the store after its inputs, and returns its path.
