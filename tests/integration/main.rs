@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr, unreachable_pub)]
 
 mod cli;
+mod faults;
 mod local_store;
 mod sandbox;
 mod support;
