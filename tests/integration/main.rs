@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod cli;
+mod faults;
 mod goals;
 mod local_store;
 mod pathlocks;

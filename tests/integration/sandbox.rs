@@ -295,7 +295,11 @@ fn loopback_is_up_inside() {
     let Some(fixture) = Fixture::new() else {
         return;
     };
-    let script = "nc -l -p 7777 > /build/got & sleep 0.2; echo ping | nc -w 2 127.0.0.1 7777; \
+    // The client retries until the listener is up rather than guessing how
+    // long that takes on a loaded machine.
+    let script = "nc -l -p 7777 > /build/got & \
+                  i=0; until echo ping | nc -w 2 127.0.0.1 7777; do \
+                  i=$((i+1)); [ $i -ge 100 ] && exit 1; sleep 0.1; done; \
                   wait; cat /build/got";
     let (status, log) = fixture.run(Network::Loopback, script);
     assert!(status.success(), "{log}");

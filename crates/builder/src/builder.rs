@@ -71,11 +71,13 @@ pub trait DerivationBuilder: fmt::Debug + Send {
     }
 
     /// Starts the builder: its own process group, stdout and stderr on one
-    /// pipe. The generic builder runs it directly; when the store is
-    /// relocated (its real directory is not its logical one), it runs it
-    /// through `unshare(1)` in a private mount namespace where the real
-    /// store directory is bind-mounted on the logical one, so the builder
-    /// sees and writes `/nix/store` paths.
+    /// pipe. The generic builder runs it through `setpriv(1)`, which makes
+    /// it die with its parent (a worker killed by SIGKILL must not leave a
+    /// builder writing into the store while the next run builds the same
+    /// path); when the store is relocated (its real directory is not its
+    /// logical one), also through `unshare(1)` in a private mount namespace
+    /// where the real store directory is bind-mounted on the logical one, so
+    /// the builder sees and writes `/nix/store` paths.
     ///
     /// # Errors
     ///
@@ -86,7 +88,11 @@ pub trait DerivationBuilder: fmt::Debug + Send {
         command: &BuilderCommand,
     ) -> Result<SpawnedBuilder> {
         let logical = Path::new(ctx.store_dir.as_str());
-        let wrapper = (ctx.real_store_dir != logical).then(|| relocation_wrapper(ctx));
+        let mut wrapper = death_signal_wrapper();
+        if ctx.real_store_dir != logical {
+            wrapper.extend(relocation_wrapper(ctx));
+        }
+        let wrapper = (!wrapper.is_empty()).then_some(wrapper);
         spawn_process_group(command, wrapper.as_deref()).map_err(|e| {
             BuildError::misc(format!(
                 "starting builder '{}' for '{}': {e}",
@@ -146,6 +152,27 @@ pub trait DerivationBuilder: fmt::Debug + Send {
 pub struct GenericBuilder;
 
 impl DerivationBuilder for GenericBuilder {}
+
+/// Where util-linux's `setpriv` is looked for.
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// `setpriv --pdeathsig KILL --`: the parent-death signal survives the
+/// `exec`s that follow (of `unshare`, `sh` and the builder), so the builder
+/// dies with the worker thread that started it. Without `setpriv` the
+/// builder is started as is (and may outlive a killed worker, as Nix's
+/// unsandboxed builders without build users do); the builder crate may not
+/// set the signal itself between `fork` and `exec`, which needs `unsafe`.
+/// The builder's `argv[0]` is then its program path.
+fn death_signal_wrapper() -> Vec<OsString> {
+    if !Path::new(SETPRIV).exists() {
+        tracing::debug!("{SETPRIV} is missing: builders will not die with the worker");
+        return Vec::new();
+    }
+    [SETPRIV, "--pdeathsig", "KILL", "--"]
+        .into_iter()
+        .map(OsString::from)
+        .collect()
+}
 
 /// `unshare --mount --propagation private -- /bin/sh -c 'mount --bind REAL
 /// LOGICAL && exec "$@"' sh`, followed by the builder and its arguments.

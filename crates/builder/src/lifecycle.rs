@@ -1484,7 +1484,9 @@ fn create_staging_dir(store: &LocalStore) -> Result<PathBuf> {
     fs::create_dir_all(&parent).at("creating", &parent)?;
     let pid = std::process::id();
     loop {
-        let dir = parent.join(format!("build-{pid}-{}", next_id()));
+        // The pid comes first: opening the store sweeps every scratch
+        // folder whose name does not start with the pid of a live process.
+        let dir = parent.join(format!("{pid}-build-{}", next_id()));
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -1495,7 +1497,32 @@ fn create_staging_dir(store: &LocalStore) -> Result<PathBuf> {
 
 /// Renames a tree; across file systems, copies it through its NAR (a
 /// canonical copy) and deletes the original.
+///
+/// Moving a directory to another parent rewrites its `..` entry, which
+/// needs write permission on the directory itself unless the caller is
+/// privileged; a canonical (0555) or builder-made read-only directory gets
+/// its owner's write bit for the rename and its mode back after.
 fn move_tree(from: &Path, to: &Path) -> Result<()> {
+    let read_only_dir = fs::symlink_metadata(from)
+        .ok()
+        .filter(|m| m.is_dir() && m.permissions().mode() & 0o200 == 0)
+        .map(|m| m.permissions().mode() & 0o7777);
+    if let Some(mode) = read_only_dir {
+        fs::set_permissions(from, fs::Permissions::from_mode(mode | 0o200))
+            .at("changing permissions of", from)?;
+    }
+    let moved = move_tree_as_is(from, to);
+    if let Some(mode) = read_only_dir {
+        let now = if moved.is_ok() { to } else { from };
+        if now.exists() {
+            fs::set_permissions(now, fs::Permissions::from_mode(mode))
+                .at("changing permissions of", now)?;
+        }
+    }
+    moved
+}
+
+fn move_tree_as_is(from: &Path, to: &Path) -> Result<()> {
     match fs::rename(from, to) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
@@ -1563,5 +1590,37 @@ impl LogTail {
 
     fn lines(&self) -> impl Iterator<Item = &str> {
         self.lines.iter().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_builds_staging_folder_survives_another_open_of_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::open(dir.path()).expect("store");
+        let staging = create_staging_dir(&store).expect("staging");
+        // Another process (here: another handle) opening the store sweeps
+        // the scratch folders of dead processes only.
+        let _again = LocalStore::open(dir.path()).expect("store again");
+        assert!(staging.is_dir(), "'{}' was swept", staging.display());
+        fsops::delete_path(&staging).expect("cleanup");
+    }
+
+    #[test]
+    fn read_only_folders_move_to_a_new_parent_and_keep_their_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let from = dir.path().join("a/out");
+        fs::create_dir_all(from.join("sub")).expect("mkdir");
+        fs::create_dir(dir.path().join("b")).expect("mkdir");
+        fs::set_permissions(&from, fs::Permissions::from_mode(0o555)).expect("chmod");
+        let to = dir.path().join("b/out");
+        move_tree(&from, &to).expect("moving");
+        let mode = fs::metadata(&to).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o555);
+        assert!(to.join("sub").is_dir());
+        fsops::delete_path(&to).expect("cleanup");
     }
 }

@@ -438,7 +438,10 @@ impl Ctx {
             let lock_paths: Vec<PathBuf> =
                 dynamic.iter().map(|p| self.backend.lock_path(p)).collect();
             match larder_pathlocks::try_lock(owner, &lock_paths) {
-                Ok(guard) => guards.extend([locks, guard]),
+                Ok(mut guard) => {
+                    guard.set_delete_on_release(true);
+                    guards.extend([locks, guard]);
+                }
                 Err(TryLockError::Busy(_)) => {
                     // Rule 6, second half: never wait while holding a lock.
                     // Everything still held is given up and the whole set
@@ -484,7 +487,7 @@ impl Ctx {
             check_cycles: self.settings.check_cycles,
             describe: &describe,
         };
-        locks::acquire(&wait, owner, &lock_paths, |_| {
+        let mut guard = locks::acquire(&wait, owner, &lock_paths, |_| {
             tracing::info!(drv = %drv.display(), "waiting for lock on {}", quoted(paths));
             self.events.send(Event::WaitingForLock {
                 drv: drv.to_path_buf(),
@@ -495,7 +498,14 @@ impl Ctx {
         .map_err(|e| match e {
             LockWaitError::Cycle(message) => Failure::misc(message),
             LockWaitError::Lock(e) => Failure::misc(e.to_string()),
-        })
+        })?;
+        // Every release deletes the lock files, after a failure too: a
+        // failed build must not litter the store with `.lock` files, and
+        // the lock protocol makes deletion safe at any release (a waiter
+        // that opened the file before the unlink finds it stale and opens
+        // it again).
+        guard.set_delete_on_release(true);
+        Ok(guard)
     }
 
     /// The outputs by name if every output is known and valid.
