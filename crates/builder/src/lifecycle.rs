@@ -1091,7 +1091,27 @@ impl BuildState {
         // metadata changes, so it is never touched.
         Canonicaliser::new(rules)
             .canonicalise_all(staged.values())
-            .map_err(fsops::canonicalise_failure)?;
+            .map_err(|e| {
+                // The staging folder means nothing to the user: name the
+                // derivation and the output's path in the store instead.
+                let logical = |name: &String| {
+                    ctx.known_outputs
+                        .get(name)
+                        .cloned()
+                        .flatten()
+                        .or_else(|| ctx.scratch_outputs.get(name).cloned())
+                        .map(|path| ctx.store_dir.display(&path))
+                };
+                let message = staged.iter().fold(e.to_string(), |message, (name, dest)| {
+                    match logical(name) {
+                        Some(path) => message.replace(&dest.display().to_string(), &path),
+                        None => message,
+                    }
+                });
+                let mut failure = fsops::canonicalise_failure(e);
+                failure.message = format!("output of '{drv_display}' rejected: {message}");
+                failure
+            })?;
         // The scratch locations are empty now; the staging directory owns
         // the outputs.
         self.owned_paths.clear();
