@@ -1039,7 +1039,7 @@ impl BuildState {
 
     /// The body of [`RunningBuild::unprepare`] after a successful exit.
     fn take_outputs(mut self, store: &LocalStore) -> Result<UnpreparedBuild> {
-        let staging = staging_dir(store)?;
+        let staging = create_staging_dir(store)?;
         let build_id = next_id();
         // Nothing needs the build directory any more, and a hard link the
         // builder left there must not count as one outside the outputs.
@@ -1481,31 +1481,38 @@ fn create_build_dir(settings: &BuildSettings, drv_path: &StorePath) -> Result<Pa
 }
 
 /// This process's private directory (mode 0700) in the store's scratch
-/// area, where builds stage their outputs as `<build id>-<output>`:
-/// `<pid>-builds`, made by the first build and kept, so that a build costs
-/// the file system no directory of its own (creating and deleting one per
-/// build was a measurable part of a trivial build). The store sweeps it
-/// once this process is gone, as it sweeps every `<pid>-...` entry of a
-/// dead process.
-fn staging_dir(store: &LocalStore) -> Result<PathBuf> {
-    let parent = store.layout().scratch_dir();
-    let dir = parent.join(format!("{}-builds", std::process::id()));
-    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+/// area, `<scratch>/<pid>-builds`, where builds stage their outputs as
+/// `<build id>-<output>` and a sandbox may keep its per-build folders. It
+/// is made by the first build and kept, so that a build costs the file
+/// system no directory of its own (creating and deleting one per build was
+/// a measurable part of a trivial build). The store sweeps it once this
+/// process is gone, as it sweeps every `<pid>-...` entry of a dead process.
+/// [`create_staging_dir`] makes it.
+#[must_use]
+pub fn staging_dir(store: &LocalStore) -> PathBuf {
+    store
+        .layout()
+        .scratch_dir()
+        .join(format!("{}-builds", std::process::id()))
+}
+
+/// Makes [`staging_dir`] if it does not exist yet, and returns it.
+///
+/// # Errors
+///
+/// When the directory or the scratch area cannot be created.
+pub fn create_staging_dir(store: &LocalStore) -> Result<PathBuf> {
+    let dir = staging_dir(store);
+    let create = |dir: &Path| match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    };
+    match create(&dir) {
         Ok(()) => Ok(dir),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(dir),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let parent = store.layout().scratch_dir();
             fs::create_dir_all(&parent).at("creating", &parent)?;
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dir)
-                .or_else(|e| {
-                    if e.kind() == io::ErrorKind::AlreadyExists {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .map_err(|e| BuildError::io("creating staging directory", &dir, &e))?;
+            create(&dir).map_err(|e| BuildError::io("creating staging directory", &dir, &e))?;
             Ok(dir)
         }
         Err(e) => Err(BuildError::io("creating staging directory", &dir, &e)),
