@@ -451,6 +451,19 @@ mod tests {
     }
 
     #[test]
+    fn the_builder_does_not_inherit_an_ignored_sigpipe() {
+        // Bit 12 of SigIgn is SIGPIPE, which this (Rust) process ignores.
+        let script =
+            "while read k v; do case $k in SigIgn:) echo $v;; esac; done < /proc/self/status";
+        let Some((status, log)) = run(script) else {
+            return;
+        };
+        assert!(status.success(), "{log}");
+        let mask = u64::from_str_radix(log.trim(), 16).expect("a hex mask");
+        assert_eq!(mask & (1 << 12), 0, "SIGPIPE is ignored: {mask:x}");
+    }
+
+    #[test]
     fn a_handed_over_child_is_left_to_its_new_owner() {
         let Some(paths) = prerequisites() else {
             return;
