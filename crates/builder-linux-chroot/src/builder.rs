@@ -2,22 +2,28 @@
 //! build in the sandbox (Nix's `ChrootLinuxDerivationBuilder`), and
 //! [`SandboxConfig`], what every sandboxed build of a worker shares.
 //!
-//! On the host a build's sandbox is one folder beside the store's contents,
-//! `<real store>/<drv>.chroot` (mode 0700, as Nix's): `store/` is the
-//! chroot's store directory, which the builder sees as `/nix/store` and
-//! writes its outputs into; when the build is torn down it is renamed to
-//! `outputs/`, out of reach of any sandbox, and the generic steps take the
-//! outputs from there (into the real store, by `rename`, as the folder is on
-//! the store's file system). Keeping the outputs apart from the chroot's
-//! scratch locations is what lets the cleanup step rescue a failed build's
-//! outputs after the generic cleanup has deleted those locations.
+//! On the host a build's sandbox is one folder, `sandbox-<n>`, in this
+//! process's staging directory in the store's scratch area
+//! ([`larder_builder::staging_dir`], mode 0700 like the folder Nix puts
+//! around its chroot, so other users cannot reach into it): the chroot's
+//! store directory, which the builder sees as `/nix/store` and writes its
+//! outputs into. When the build is torn down it is renamed to
+//! `sandbox-<n>.outputs`, out of reach of any sandbox, and the generic steps
+//! take the outputs from there (into the real store, by `rename`, as the
+//! folder is on the store's file system). Keeping the outputs apart from the
+//! chroot's scratch locations is what lets the cleanup step rescue a failed
+//! build's outputs after the generic cleanup has deleted those locations.
+//!
+//! Nix makes `<real store>/<drv>.chroot` and the chroot's store folder in it
+//! for every build; one folder in a directory that already exists costs the
+//! file system one directory less to create and delete per build.
 
 use std::fmt;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use larder_builder::{
     BuildContext, BuildError, BuilderCommand, DerivationBuilder, SpawnedBuilder,
@@ -76,9 +82,15 @@ impl SandboxConfig {
     /// A builder for one build, which asks `store` at cleanup whether a
     /// failed build's outputs are valid before rescuing them.
     pub fn builder(&self, store: Arc<LocalStore>) -> ChrootBuilder {
+        static SANDBOXES: AtomicU64 = AtomicU64::new(0);
+        let dir = larder_builder::staging_dir(&store).join(format!(
+            "sandbox-{}",
+            SANDBOXES.fetch_add(1, Ordering::Relaxed)
+        ));
         ChrootBuilder {
             sandbox_paths: Arc::clone(&self.sandbox_paths),
             store,
+            dir,
             chroot: None,
             namespaces: SavedNamespaces::default(),
             torn_down: false,
@@ -104,6 +116,8 @@ impl SandboxConfig {
 pub struct ChrootBuilder {
     sandbox_paths: Arc<[BindMount]>,
     store: Arc<LocalStore>,
+    /// The chroot's store folder on the host, `<staging>/sandbox-<n>`.
+    dir: PathBuf,
     chroot: Option<Chroot>,
     namespaces: SavedNamespaces,
     torn_down: bool,
@@ -126,25 +140,23 @@ impl ChrootBuilder {
         self.namespaces.is_open()
     }
 
-    /// The folder that holds this build's sandbox on the host:
-    /// `<real store>/<drv>.chroot`.
-    pub fn sandbox_dir(ctx: &BuildContext) -> PathBuf {
-        ctx.real_store_dir
-            .join(format!("{}.chroot", ctx.drv_path.as_str()))
+    /// The folder of this build's sandbox on the host, the chroot's store
+    /// directory while the build runs: `sandbox-<n>` in this process's
+    /// staging directory.
+    pub fn sandbox_dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
-    /// The chroot's store directory on the host, while the build runs.
-    fn chroot_store(ctx: &BuildContext) -> PathBuf {
-        ChrootBuilder::sandbox_dir(ctx).join("store")
-    }
-
-    /// Where the chroot's store is moved when the build is torn down.
-    fn held_outputs(ctx: &BuildContext) -> PathBuf {
-        ChrootBuilder::sandbox_dir(ctx).join("outputs")
+    /// Where the chroot's store is moved when the build is torn down:
+    /// `sandbox-<n>.outputs` beside it.
+    fn held_outputs(&self) -> PathBuf {
+        let mut held = self.dir.clone().into_os_string();
+        held.push(".outputs");
+        PathBuf::from(held)
     }
 
     fn chroot_spec(&self, ctx: &BuildContext) -> ChrootSpec {
-        let mut spec = ChrootSpec::new(ChrootBuilder::chroot_store(ctx), &ctx.build_dir);
+        let mut spec = ChrootSpec::new(&self.dir, &ctx.build_dir);
         spec.store_dir = PathBuf::from(ctx.store_dir.as_str());
         spec.build_dir_in_sandbox = ctx.build_dir_in_sandbox.clone();
         // The outputs are built in the chroot's store, so an output path
@@ -171,7 +183,7 @@ impl ChrootBuilder {
     fn rescue(&self, ctx: &BuildContext) {
         let outputs: Vec<StorePath> = ctx.known_outputs.values().flatten().cloned().collect();
         let outcomes = rescue_outputs_from(
-            &ChrootBuilder::held_outputs(ctx),
+            &self.held_outputs(),
             &ctx.real_store_dir,
             &outputs,
             |path| self.store.is_valid(path).map_err(io::Error::other),
@@ -201,14 +213,10 @@ impl DerivationBuilder for ChrootBuilder {
     }
 
     fn prepare_sandbox(&mut self, ctx: &BuildContext) -> larder_builder::error::Result<()> {
-        let dir = ChrootBuilder::sandbox_dir(ctx);
-        // A leftover of an interrupted build of this derivation; the
-        // caller's pre-build locks make it ours.
-        remove_tree(&dir).map_err(|e| BuildError::io("deleting the old sandbox", &dir, &e))?;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| BuildError::io("creating", &dir, &e))?;
+        // The staging directory is this process's; a sandbox folder of an
+        // interrupted build is in a dead process's one, which the store
+        // sweeps.
+        larder_builder::create_staging_dir(&self.store)?;
         let chroot = Chroot::create(&self.chroot_spec(ctx)).map_err(|e| {
             BuildError::misc(format!(
                 "setting up the sandbox of '{}': {e}",
@@ -272,25 +280,23 @@ impl DerivationBuilder for ChrootBuilder {
     /// the kernel has killed every other process of the sandbox. What is
     /// left is to move the chroot's store aside, where the generic steps
     /// take the outputs from.
-    fn kill_sandbox(&mut self, ctx: &BuildContext) -> larder_builder::error::Result<()> {
+    fn kill_sandbox(&mut self, _ctx: &BuildContext) -> larder_builder::error::Result<()> {
         self.namespaces.reset();
         if self.chroot.is_none() || self.torn_down {
             return Ok(());
         }
-        let from = ChrootBuilder::chroot_store(ctx);
-        let to = ChrootBuilder::held_outputs(ctx);
-        std::fs::rename(&from, &to).map_err(|e| BuildError::io("moving", &from, &e))?;
+        let to = self.held_outputs();
+        std::fs::rename(&self.dir, &to).map_err(|e| BuildError::io("moving", &self.dir, &e))?;
         self.torn_down = true;
         Ok(())
     }
 
-    fn real_path_in_host(&self, ctx: &BuildContext, path: &StorePath) -> PathBuf {
-        let dir = if self.torn_down {
-            ChrootBuilder::held_outputs(ctx)
+    fn real_path_in_host(&self, _ctx: &BuildContext, path: &StorePath) -> PathBuf {
+        if self.torn_down {
+            self.held_outputs().join(path.as_str())
         } else {
-            ChrootBuilder::chroot_store(ctx)
-        };
-        dir.join(path.as_str())
+            self.dir.join(path.as_str())
+        }
     }
 
     /// The cleanup runs while the caller still holds the build's pre-build
@@ -306,13 +312,14 @@ impl DerivationBuilder for ChrootBuilder {
         {
             tracing::warn!("cleaning up after '{}': {e}", ctx.drv_display());
         }
-        let dir = ChrootBuilder::sandbox_dir(ctx);
-        if let Err(e) = remove_tree(&dir) {
-            tracing::warn!(
-                "cleaning up after '{}': deleting {}: {e}",
-                ctx.drv_display(),
-                dir.display()
-            );
+        for dir in [self.dir.clone(), self.held_outputs()] {
+            if let Err(e) = remove_tree(&dir) {
+                tracing::warn!(
+                    "cleaning up after '{}': deleting {}: {e}",
+                    ctx.drv_display(),
+                    dir.display()
+                );
+            }
         }
     }
 }

@@ -40,12 +40,13 @@ pub(crate) enum Step {
     WorkingDir,
     Limits,
     NoNewPrivileges,
+    Signals,
     CloseFds,
     Exec,
 }
 
 impl Step {
-    const ALL: [Step; 14] = [
+    const ALL: [Step; 15] = [
         Step::DeathSignal,
         Step::Session,
         Step::Stdio,
@@ -58,6 +59,7 @@ impl Step {
         Step::WorkingDir,
         Step::Limits,
         Step::NoNewPrivileges,
+        Step::Signals,
         Step::CloseFds,
         Step::Exec,
     ];
@@ -131,6 +133,7 @@ impl Failure {
             ),
             Step::Limits => "setting resource limits".to_owned(),
             Step::NoNewPrivileges => "forbidding new privileges".to_owned(),
+            Step::Signals => "resetting signal handling".to_owned(),
             Step::CloseFds => "closing inherited file descriptors".to_owned(),
             Step::Exec => format!("executing {}", plan.program.to_string_lossy()),
         }
@@ -280,6 +283,23 @@ fn setup_and_exec(plan: &ChildPlan<'_>, fds: ChildFds) -> Result<Never, Failure>
     .map_err(at(Step::Limits))?;
     rustix::process::umask(Mode::from_raw_mode(0o022));
     rustix::thread::set_no_new_privs(true).map_err(at(Step::NoNewPrivileges))?;
+
+    // As `std::process::Command` does, and as a Nix builder starts: no
+    // blocked signals, and SIGPIPE back to its default (Rust programs ignore
+    // it, and an ignored signal stays ignored across `execve`, so a builder
+    // would see EPIPE where a pipeline expects to be killed).
+    // SAFETY: `sigemptyset` writes the set it is given; `sigprocmask` and
+    // `signal` take no pointers the child does not own, and both are
+    // async-signal-safe.
+    let reset = unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == 0
+            && libc::signal(libc::SIGPIPE, libc::SIG_DFL) != libc::SIG_ERR
+    };
+    if !reset {
+        return Err(Failure::new(Step::Signals, 0, last_errno()));
+    }
 
     // Descriptors the parent opened without close-on-exec (by other threads,
     // or libraries) must not reach the builder: a directory descriptor is a

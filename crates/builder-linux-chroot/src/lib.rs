@@ -19,9 +19,12 @@
 //! - [`builder`]: [`ChrootBuilder`], the generic builder's steps overridden
 //!   to build in the sandbox, and [`SandboxConfig`], which a worker checks
 //!   once and makes a [`ChrootBuilder`] per build from.
+//! - [`relocate`]: [`RelocatingBuilder`], the generic builder without a
+//!   sandbox, whose child bind-mounts a relocated store on `/nix/store`
+//!   itself instead of through `unshare(1)`, `sh` and `mount(8)`.
 //!
 //! This is the one crate of larder with `unsafe` code: the `clone` that
-//! creates the child, the few raw calls the child makes, and one `ioctl`.
+//! creates the child, the few raw calls the children make, and one `ioctl`.
 //! Each block states why it is sound.
 
 #![allow(unsafe_code)]
@@ -30,6 +33,7 @@
 pub mod builder;
 pub mod chroot;
 pub mod namespaces;
+pub mod relocate;
 pub mod rescue;
 pub mod spawn;
 pub mod spec;
@@ -43,6 +47,7 @@ pub use builder::{ChrootBuilder, SandboxConfig};
 pub use chroot::Chroot;
 pub use error::SandboxError;
 pub use namespaces::{SavedNamespaces, check_support};
+pub use relocate::{RelocatingBuilder, spawn_relocated};
 pub use rescue::{Rescue, rescue_outputs, rescue_outputs_from};
 pub use spawn::{SandboxChild, SandboxParts, spawn};
 pub use spec::{BindMount, ChrootSpec, Command, Network, default_sandbox_paths};

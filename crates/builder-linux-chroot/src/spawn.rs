@@ -267,12 +267,29 @@ pub(crate) fn probe() -> Result<(), SandboxError> {
 /// Clones a child with `flags` (and `SIGCHLD`) that runs `in_child`, which
 /// must not return, allocate or lock.
 fn clone_into(flags: libc::c_int, in_child: impl FnOnce()) -> Result<Pid, SandboxError> {
+    clone_raw(flags, in_child).map_err(|error| match error.raw_os_error() {
+        Some(_) => SandboxError::Unavailable {
+            cause: format!(
+                "the kernel refused to create the namespaces ({error}); check \
+                 /proc/sys/user/max_user_namespaces and, where it exists, \
+                 /proc/sys/kernel/unprivileged_userns_clone"
+            ),
+        },
+        None => SandboxError::Spawn {
+            step: "cloning the builder",
+            source: error,
+        },
+    })
+}
+
+/// As `clone_into`, with the kernel's error as it is.
+pub(crate) fn clone_raw(flags: libc::c_int, in_child: impl FnOnce()) -> io::Result<Pid> {
     // SAFETY: a `clone` without CLONE_VM and without a new stack behaves as
     // `fork`: the child gets a copy of this thread's memory and stack and
     // returns 0 here. It then runs only `in_child`, which (by this function's
-    // contract, and as `child::run` is written) neither allocates nor takes
-    // locks that another thread may have held at the time of the clone, and
-    // leaves with `_exit` or `execve`.
+    // contract, and as `child::run` and `relocate::run` are written) neither
+    // allocates nor takes locks that another thread may have held at the
+    // time of the clone, and leaves with `_exit` or `execve`.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone,
@@ -289,23 +306,11 @@ fn clone_into(flags: libc::c_int, in_child: impl FnOnce()) -> Result<Pid, Sandbo
             // Only reached if `in_child` broke its contract and returned.
             child::exit(127)
         }
-        ret if ret < 0 => {
-            let errno = io::Error::last_os_error();
-            Err(SandboxError::Unavailable {
-                cause: format!(
-                    "the kernel refused to create the namespaces ({errno}); check \
-                     /proc/sys/user/max_user_namespaces and, where it exists, \
-                     /proc/sys/kernel/unprivileged_userns_clone"
-                ),
-            })
-        }
+        ret if ret < 0 => Err(io::Error::last_os_error()),
         ret => i32::try_from(ret)
             .ok()
             .and_then(Pid::from_raw)
-            .ok_or_else(|| SandboxError::Spawn {
-                step: "cloning the builder",
-                source: io::Error::other(format!("clone returned {ret}")),
-            }),
+            .ok_or_else(|| io::Error::other(format!("clone returned {ret}"))),
     }
 }
 
@@ -443,6 +448,19 @@ mod tests {
         };
         assert_eq!(status.code(), Some(3), "{log}");
         assert_eq!(log, "1000\n100\nlocalhost\n1\n/build\n");
+    }
+
+    #[test]
+    fn the_builder_does_not_inherit_an_ignored_sigpipe() {
+        // Bit 12 of SigIgn is SIGPIPE, which this (Rust) process ignores.
+        let script =
+            "while read k v; do case $k in SigIgn:) echo $v;; esac; done < /proc/self/status";
+        let Some((status, log)) = run(script) else {
+            return;
+        };
+        assert!(status.success(), "{log}");
+        let mask = u64::from_str_radix(log.trim(), 16).expect("a hex mask");
+        assert_eq!(mask & (1 << 12), 0, "SIGPIPE is ignored: {mask:x}");
     }
 
     #[test]

@@ -104,9 +104,11 @@ impl BindMount {
 /// Everything that goes into one build's chroot.
 #[derive(Clone, Debug)]
 pub struct ChrootSpec {
-    /// The chroot's folder on the host. Nix puts it beside the derivation in
-    /// the real store directory (`<real store>/<drv>.chroot`), so outputs can
-    /// later be moved into the store by `rename`. An old copy is deleted.
+    /// The chroot's folder on the host, on the store's file system so that
+    /// outputs can later be moved into the store by `rename` (Nix puts it
+    /// beside the derivation, `<real store>/<drv>.chroot`; the chroot
+    /// builder uses its process's staging directory). An old copy is
+    /// deleted.
     pub dir: PathBuf,
     /// The logical store directory inside the sandbox (`/nix/store`).
     pub store_dir: PathBuf,

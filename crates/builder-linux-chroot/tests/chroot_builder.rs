@@ -144,13 +144,27 @@ impl TestStore {
         (log, result.and_then(|u| self.register(u)))
     }
 
-    /// The sandbox folders left in the store directory.
+    /// The sandbox folders left in the store directory (where Nix puts
+    /// them) or in this process's staging directory (where larder does).
     fn leftover_sandboxes(&self) -> Vec<String> {
-        fs::read_dir(self.store.layout().real_store_dir())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        let names = |dir: &Path| -> Vec<String> {
+            match fs::read_dir(dir) {
+                Ok(entries) => entries
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect(),
+                Err(_) => Vec::new(),
+            }
+        };
+        let mut left: Vec<String> = names(&self.store.layout().real_store_dir())
+            .into_iter()
             .filter(|n| n.ends_with(".chroot"))
-            .collect()
+            .collect();
+        left.extend(
+            names(&larder_builder::staging_dir(&self.store))
+                .into_iter()
+                .filter(|n| n.starts_with("sandbox-")),
+        );
+        left
     }
 }
 

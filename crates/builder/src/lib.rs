@@ -52,7 +52,8 @@ pub use builder::{DerivationBuilder, GenericBuilder};
 pub use error::{BuildError, FailureKind};
 pub use lifecycle::{
     BuildContext, BuildOutputs, BuildRequest, BuiltOutput, HoldsLocks, LimitExceeded, LocksHeld,
-    MissingLock, OutputSummary, PreparedBuild, RunningBuild, UnpreparedBuild, prepare,
+    MissingLock, OutputSummary, PreparedBuild, RunningBuild, UnpreparedBuild, create_staging_dir,
+    prepare, staging_dir,
 };
 pub use process::{BuilderCommand, ExitStatus, LogRead, SpawnedBuilder};
 pub use settings::{BuildSettings, Limits};

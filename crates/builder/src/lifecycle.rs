@@ -179,7 +179,7 @@ pub fn prepare(
         },
         builder,
         owned_paths: Vec::new(),
-        staging: None,
+        staged: Vec::new(),
         finished: false,
     };
     state.choose_scratch_paths(store)?;
@@ -944,8 +944,9 @@ struct BuildState {
     builder: Box<dyn DerivationBuilder>,
     /// Real paths this build wrote and deletes if it fails.
     owned_paths: Vec<PathBuf>,
-    /// The staging directory in the store, once outputs were moved there.
-    staging: Option<PathBuf>,
+    /// The outputs moved to the staging directory, until they are moved
+    /// into the store (deleted if the build fails).
+    staged: Vec<PathBuf>,
     finished: bool,
 }
 
@@ -973,10 +974,10 @@ impl BuildState {
                 tracing::warn!("cleaning up after '{}': {e}", self.ctx.drv_display());
             }
         }
-        if let Some(staging) = self.staging.take()
-            && let Err(e) = fsops::delete_path(&staging)
-        {
-            tracing::warn!("cleaning up after '{}': {e}", self.ctx.drv_display());
+        for staged in std::mem::take(&mut self.staged) {
+            if let Err(e) = fsops::delete_path(&staged) {
+                tracing::warn!("cleaning up after '{}': {e}", self.ctx.drv_display());
+            }
         }
         if success || !self.ctx.settings.keep_failed {
             if let Err(e) = fsops::delete_path(&self.ctx.build_dir) {
@@ -1039,7 +1040,7 @@ impl BuildState {
     /// The body of [`RunningBuild::unprepare`] after a successful exit.
     fn take_outputs(mut self, store: &LocalStore) -> Result<UnpreparedBuild> {
         let staging = create_staging_dir(store)?;
-        self.staging = Some(staging.clone());
+        let build_id = next_id();
         // Nothing needs the build directory any more, and a hard link the
         // builder left there must not count as one outside the outputs.
         if !self.ctx.settings.keep_failed {
@@ -1082,7 +1083,8 @@ impl BuildState {
                 }
                 Err(e) => return Err(fsops::canonicalise_failure(e)),
             }
-            let dest = staging.join(name);
+            let dest = staging.join(format!("{build_id}-{name}"));
+            self.staged.push(dest.clone());
             move_tree(&actual, &dest)?;
             staged.insert(name.clone(), dest);
         }
@@ -1498,20 +1500,42 @@ fn create_build_dir(settings: &BuildSettings, drv_path: &StorePath) -> Result<Pa
     }
 }
 
-/// A private directory in the store's scratch area for staged outputs.
-fn create_staging_dir(store: &LocalStore) -> Result<PathBuf> {
-    let parent = store.layout().scratch_dir();
-    fs::create_dir_all(&parent).at("creating", &parent)?;
-    let pid = std::process::id();
-    loop {
-        // The pid comes first: opening the store sweeps every scratch
-        // folder whose name does not start with the pid of a live process.
-        let dir = parent.join(format!("{pid}-build-{}", next_id()));
-        match fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(BuildError::io("creating staging directory", &dir, &e)),
+/// This process's private directory (mode 0700) in the store's scratch
+/// area, `<scratch>/<pid>-builds`, where builds stage their outputs as
+/// `<build id>-<output>` and a sandbox may keep its per-build folders. It
+/// is made by the first build and kept, so that a build costs the file
+/// system no directory of its own (creating and deleting one per build was
+/// a measurable part of a trivial build). The store sweeps it once this
+/// process is gone, as it sweeps every `<pid>-...` entry of a dead process.
+/// [`create_staging_dir`] makes it.
+#[must_use]
+pub fn staging_dir(store: &LocalStore) -> PathBuf {
+    store
+        .layout()
+        .scratch_dir()
+        .join(format!("{}-builds", std::process::id()))
+}
+
+/// Makes [`staging_dir`] if it does not exist yet, and returns it.
+///
+/// # Errors
+///
+/// When the directory or the scratch area cannot be created.
+pub fn create_staging_dir(store: &LocalStore) -> Result<PathBuf> {
+    let dir = staging_dir(store);
+    let create = |dir: &Path| match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    };
+    match create(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let parent = store.layout().scratch_dir();
+            fs::create_dir_all(&parent).at("creating", &parent)?;
+            create(&dir).map_err(|e| BuildError::io("creating staging directory", &dir, &e))?;
+            Ok(dir)
         }
+        Err(e) => Err(BuildError::io("creating staging directory", &dir, &e)),
     }
 }
 

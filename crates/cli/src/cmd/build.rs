@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use larder_builder::{BuildSettings, DerivationBuilder, GenericBuilder};
-use larder_builder_linux_chroot::SandboxConfig;
+use larder_builder::{BuildSettings, DerivationBuilder};
+use larder_builder_linux_chroot::{RelocatingBuilder, SandboxConfig};
 use larder_goals::runtime::{Runtime, remote_channel};
 use larder_goals::{BuildResult, EventSink, Failure, Limits, Settings, StoreBackend};
 use larder_local_store::LocalStore;
@@ -250,7 +250,8 @@ fn build_settings() -> BuildSettings {
     BuildSettings::default()
 }
 
-/// Chooses the builder of each build: the generic one with `--no-sandbox`,
+/// Chooses the builder of each build: the generic one with `--no-sandbox`
+/// (the variant that relocates the store without running `unshare(1)`),
 /// else the Linux sandbox, whose support is checked once here (an error
 /// that names `--no-sandbox` when namespaces are not available).
 fn builder_factory(
@@ -259,7 +260,9 @@ fn builder_factory(
 ) -> Result<Box<larder_goals::BuilderFactory>> {
     if no_sandbox {
         return Ok(Box::new(
-            |_drv| -> Result<Box<dyn DerivationBuilder>, Failure> { Ok(Box::new(GenericBuilder)) },
+            |_drv| -> Result<Box<dyn DerivationBuilder>, Failure> {
+                Ok(Box::new(RelocatingBuilder))
+            },
         ));
     }
     let config = SandboxConfig::detect().context("setting up the build sandbox")?;

@@ -1,0 +1,449 @@
+//! [`RelocatingBuilder`]: the generic builder without a sandbox, for a store
+//! whose real directory is not its logical one (`larder --store ROOT
+//! build --no-sandbox`).
+//!
+//! The builder must see and write `/nix/store/...` paths, so it runs in a
+//! private mount namespace where the real store directory is bind-mounted
+//! on the logical one. The generic builder gets there through `unshare(1)`,
+//! `sh` and `mount(8)`: three programs executed before the builder, which
+//! cost more than the trivial build itself. Here the child this process
+//! clones makes the namespace and the mount itself and executes the builder
+//! directly, as the sandbox's child does; nothing else changes (same
+//! process group, environment, working directory and log pipe as the
+//! generic builder).
+//!
+//! Without root, the namespace comes with a user namespace that maps the
+//! caller's uid and gid to 0, as `unshare --map-root-user` does; the child
+//! writes its own maps, which the kernel allows for exactly those ids.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use larder_builder::process::set_nonblocking;
+use larder_builder::{
+    BuildContext, BuildError, BuilderCommand, DerivationBuilder, GenericBuilder, SpawnedBuilder,
+};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::mount::MountPropagationFlags;
+use rustix::pipe::PipeFlags;
+use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
+
+use crate::child;
+use crate::spawn::clone_raw;
+
+/// The generic builder, with the store relocated by a mount namespace the
+/// child makes itself instead of through `unshare(1)` (see the module
+/// documentation). Where the real store directory is the logical one, it
+/// spawns exactly as [`GenericBuilder`] does.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RelocatingBuilder;
+
+impl DerivationBuilder for RelocatingBuilder {
+    fn start_child(
+        &mut self,
+        ctx: &BuildContext,
+        command: &BuilderCommand,
+    ) -> larder_builder::error::Result<SpawnedBuilder> {
+        let logical = Path::new(ctx.store_dir.as_str());
+        if ctx.real_store_dir == logical {
+            return GenericBuilder.start_child(ctx, command);
+        }
+        spawn_relocated(&ctx.real_store_dir, logical, command).map_err(|e| {
+            BuildError::misc(format!(
+                "starting builder '{}' for '{}': {e}",
+                command.program.display(),
+                ctx.drv_display()
+            ))
+        })
+    }
+}
+
+/// Starts `command` in its own process group, in a new mount namespace
+/// where `real_store` is bind-mounted on `logical_store`, with stdin from
+/// `/dev/null` and stdout and stderr on a new pipe. Returns once the
+/// builder has been executed.
+///
+/// # Errors
+///
+/// When a pipe cannot be made, the kernel refuses the namespace, or a step
+/// in the child fails (the error names the step and its paths).
+pub fn spawn_relocated(
+    real_store: &Path,
+    logical_store: &Path,
+    command: &BuilderCommand,
+) -> io::Result<SpawnedBuilder> {
+    let plan = Plan::new(real_store, logical_store, command)?;
+    let (log_read, log_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+    let (error_read, error_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+    let stdin = rustix::fs::open(
+        c"/dev/null",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let fds = Fds {
+        error_write: error_write.as_raw_fd(),
+        log_write: log_write.as_raw_fd(),
+        stdin: stdin.as_raw_fd(),
+    };
+    let mut flags = libc::CLONE_NEWNS;
+    if plan.id_maps.is_some() {
+        flags |= libc::CLONE_NEWUSER;
+    }
+    let pid = clone_raw(flags, || run(&plan, fds)).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("creating a mount namespace to relocate the store: {e}"),
+        )
+    })?;
+    // Closing the parent's copies of the child's ends is what makes EOF on
+    // the error pipe mean `execve` and EOF on the log mean every writer is
+    // gone.
+    drop((log_write, error_write, stdin));
+    let mut child = Reaper(Some(pid));
+
+    let mut record = [0u8; RECORD_BYTES];
+    let read = read_full(&error_read, &mut record)?;
+    if read != 0 {
+        child.reap();
+        return Err(
+            match (read == RECORD_BYTES).then(|| decode(&record)).flatten() {
+                Some((step, errno)) => {
+                    let source = io::Error::from_raw_os_error(errno.raw_os_error());
+                    io::Error::new(source.kind(), format!("{}: {source}", step.describe(&plan)))
+                }
+                None => io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a truncated failure record from the builder's child",
+                ),
+            },
+        );
+    }
+    set_nonblocking(log_read.as_fd())?;
+    let exit_fd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+        Ok(fd) => Some(fd),
+        Err(Errno::NOSYS | Errno::PERM) => None,
+        Err(e) => return Err(e.into()),
+    };
+    child.0 = None;
+    Ok(SpawnedBuilder {
+        pid,
+        log: log_read,
+        exit_fd,
+    })
+}
+
+/// Kills and reaps the child unless it was handed over.
+struct Reaper(Option<Pid>);
+
+impl Reaper {
+    fn reap(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+            while let Err(Errno::INTR) = rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+            }
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.reap();
+    }
+}
+
+/// Everything the child needs, as C strings made before `clone`.
+struct Plan {
+    real_store: CString,
+    logical_store: CString,
+    working_dir: CString,
+    program: CString,
+    /// `setgroups`, `uid_map` and `gid_map` contents when a user namespace
+    /// is needed (not root).
+    id_maps: Option<[CString; 3]>,
+    // The pointer arrays point into these; they live as long as the plan.
+    _argv_strings: Vec<CString>,
+    _env_strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+impl Plan {
+    fn new(real_store: &Path, logical_store: &Path, command: &BuilderCommand) -> io::Result<Plan> {
+        let mut argv_strings = vec![cstring(command.arg0.as_bytes())?];
+        for arg in &command.args {
+            argv_strings.push(cstring(arg.as_bytes())?);
+        }
+        let mut env_strings = Vec::with_capacity(command.env.len());
+        for (name, value) in &command.env {
+            let mut pair = name.as_bytes().to_vec();
+            pair.push(b'=');
+            pair.extend_from_slice(value.as_bytes());
+            env_strings.push(cstring(&pair)?);
+        }
+        let id_maps = if rustix::process::geteuid().is_root() {
+            None
+        } else {
+            let uid = rustix::process::geteuid().as_raw();
+            let gid = rustix::process::getegid().as_raw();
+            Some([
+                cstring(b"deny")?,
+                cstring(format!("0 {uid} 1").as_bytes())?,
+                cstring(format!("0 {gid} 1").as_bytes())?,
+            ])
+        };
+        let argv = null_terminated(&argv_strings);
+        let envp = null_terminated(&env_strings);
+        Ok(Plan {
+            real_store: cstring(real_store.as_os_str().as_bytes())?,
+            logical_store: cstring(logical_store.as_os_str().as_bytes())?,
+            working_dir: cstring(command.cwd.as_os_str().as_bytes())?,
+            program: cstring(command.program.as_os_str().as_bytes())?,
+            id_maps,
+            _argv_strings: argv_strings,
+            _env_strings: env_strings,
+            argv,
+            envp,
+        })
+    }
+}
+
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{:?} contains a NUL byte",
+                OsStr::from_bytes(bytes).to_string_lossy()
+            ),
+        )
+    })
+}
+
+/// The child's descriptors, valid in its copy of the descriptor table.
+#[derive(Clone, Copy)]
+struct Fds {
+    error_write: RawFd,
+    log_write: RawFd,
+    stdin: RawFd,
+}
+
+/// The steps of the child, named in error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+enum Step {
+    IdMaps = 1,
+    PrivateRoot,
+    BindStore,
+    ProcessGroup,
+    Signals,
+    Stdio,
+    WorkingDir,
+    CloseFds,
+    Exec,
+}
+
+impl Step {
+    const ALL: [Step; 9] = [
+        Step::IdMaps,
+        Step::PrivateRoot,
+        Step::BindStore,
+        Step::ProcessGroup,
+        Step::Signals,
+        Step::Stdio,
+        Step::WorkingDir,
+        Step::CloseFds,
+        Step::Exec,
+    ];
+
+    fn describe(self, plan: &Plan) -> String {
+        let show = |s: &CString| s.to_string_lossy().into_owned();
+        match self {
+            Step::IdMaps => "writing the user namespace's id maps".to_owned(),
+            Step::PrivateRoot => "making / a private mount".to_owned(),
+            Step::BindStore => format!(
+                "bind-mounting {} on {}",
+                show(&plan.real_store),
+                show(&plan.logical_store)
+            ),
+            Step::ProcessGroup => "starting a new process group".to_owned(),
+            Step::Signals => "resetting signal handling".to_owned(),
+            Step::Stdio => "redirecting standard input and output".to_owned(),
+            Step::WorkingDir => {
+                format!(
+                    "changing to the working directory {}",
+                    show(&plan.working_dir)
+                )
+            }
+            Step::CloseFds => "closing inherited file descriptors".to_owned(),
+            Step::Exec => format!("executing {}", show(&plan.program)),
+        }
+    }
+}
+
+/// A failure record on the error pipe: the step and the errno.
+const RECORD_BYTES: usize = 8;
+
+fn encode(step: Step, errno: Errno) -> [u8; RECORD_BYTES] {
+    let mut record = [0; RECORD_BYTES];
+    record[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+    record[4..].copy_from_slice(&errno.raw_os_error().to_ne_bytes());
+    record
+}
+
+fn decode(record: &[u8; RECORD_BYTES]) -> Option<(Step, Errno)> {
+    let mut word = [0; 4];
+    word.copy_from_slice(&record[..4]);
+    let code = u32::from_ne_bytes(word);
+    let step = Step::ALL.into_iter().find(|s| *s as u32 == code)?;
+    word.copy_from_slice(&record[4..]);
+    Some((step, Errno::from_raw_os_error(i32::from_ne_bytes(word))))
+}
+
+fn read_full(fd: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match rustix::io::read(fd, &mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(Errno::INTR) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    Ok(filled)
+}
+
+/// Runs in the child right after `clone`. As in the sandbox's child
+/// (`child.rs`), nothing here allocates or takes a lock: every call is a
+/// system call on data the plan prepared.
+fn run(plan: &Plan, fds: Fds) -> ! {
+    let (step, errno) = match setup_and_exec(plan, fds) {
+        Ok(never) => match never {},
+        Err(failure) => failure,
+    };
+    // SAFETY: `error_write` is open in the child, inherited from the parent,
+    // which keeps its copy open until `clone` returned.
+    let error_pipe = unsafe { BorrowedFd::borrow_raw(fds.error_write) };
+    let _ = rustix::io::write(error_pipe, &encode(step, errno));
+    child::exit(1)
+}
+
+enum Never {}
+
+fn at(step: Step) -> impl Fn(Errno) -> (Step, Errno) {
+    move |errno| (step, errno)
+}
+
+fn setup_and_exec(plan: &Plan, fds: Fds) -> Result<Never, (Step, Errno)> {
+    if let Some([setgroups, uid_map, gid_map]) = &plan.id_maps {
+        for (file, contents) in [
+            (c"/proc/self/setgroups", setgroups),
+            (c"/proc/self/uid_map", uid_map),
+            (c"/proc/self/gid_map", gid_map),
+        ] {
+            let fd = rustix::fs::open(file, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(at(Step::IdMaps))?;
+            rustix::io::write(&fd, contents.as_bytes()).map_err(at(Step::IdMaps))?;
+        }
+    }
+    // Nothing mounted here may reach the host's namespace.
+    rustix::mount::mount_change(
+        c"/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(at(Step::PrivateRoot))?;
+    rustix::mount::mount_bind(plan.real_store.as_c_str(), plan.logical_store.as_c_str())
+        .map_err(at(Step::BindStore))?;
+
+    // The generic builder's process group, so that the lifecycle kills the
+    // builder and whatever it started as one group.
+    rustix::process::setpgid(None, None).map_err(at(Step::ProcessGroup))?;
+
+    // As `std::process::Command` does: no blocked signals, and SIGPIPE back
+    // to its default (Rust programs ignore it, and an ignored signal stays
+    // ignored across `execve`).
+    // SAFETY: `sigemptyset` writes the set it is given; `sigprocmask` and
+    // `signal` take no pointers the child does not own, and both are
+    // async-signal-safe.
+    let reset = unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == 0
+            && libc::signal(libc::SIGPIPE, libc::SIG_DFL) != libc::SIG_ERR
+    };
+    if !reset {
+        return Err((Step::Signals, last_errno()));
+    }
+
+    // SAFETY: the descriptors are open in the child, inherited from the
+    // parent, which keeps its copies open until `clone` returned.
+    let (stdin, log) = unsafe {
+        (
+            BorrowedFd::borrow_raw(fds.stdin),
+            BorrowedFd::borrow_raw(fds.log_write),
+        )
+    };
+    rustix::stdio::dup2_stdin(stdin).map_err(at(Step::Stdio))?;
+    rustix::stdio::dup2_stdout(log).map_err(at(Step::Stdio))?;
+    rustix::stdio::dup2_stderr(log).map_err(at(Step::Stdio))?;
+    rustix::process::chdir(plan.working_dir.as_c_str()).map_err(at(Step::WorkingDir))?;
+
+    // Descriptors another thread opened without close-on-exec must not
+    // reach the builder; marking them (rather than closing) keeps the error
+    // pipe usable until `execve`.
+    // SAFETY: `close_range` takes no pointers.
+    let marked = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if marked != 0 {
+        return Err((Step::CloseFds, last_errno()));
+    }
+
+    // SAFETY: the program path is a valid C string, and `argv`/`envp` are
+    // NUL-terminated arrays of pointers into C strings the plan owns, which
+    // outlive this call.
+    unsafe {
+        libc::execve(
+            plan.program.as_ptr(),
+            plan.argv.as_ptr(),
+            plan.envp.as_ptr(),
+        )
+    };
+    Err((Step::Exec, last_errno()))
+}
+
+/// The errno of the last failed libc call; reading it allocates nothing.
+fn last_errno() -> Errno {
+    let raw = io::Error::last_os_error().raw_os_error();
+    Errno::from_raw_os_error(raw.unwrap_or(libc::EINVAL))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_records_round_trip_and_garbage_is_refused() {
+        for step in Step::ALL {
+            let record = encode(step, Errno::ACCESS);
+            assert_eq!(decode(&record), Some((step, Errno::ACCESS)));
+        }
+        assert_eq!(decode(&[0xff; RECORD_BYTES]), None);
+    }
+}
