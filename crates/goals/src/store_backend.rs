@@ -215,6 +215,15 @@ impl io::Write for LogFile {
     }
 }
 
+impl Drop for StoreBackend {
+    fn drop(&mut self) {
+        // Builds stage their outputs in this process's folder, which holds
+        // nothing once the worker is done; removing it (only if empty)
+        // spares the store a leftover that would wait for the next sweep.
+        let _ = std::fs::remove_dir(larder_builder::staging_dir(&self.store));
+    }
+}
+
 impl Drop for LogFile {
     fn drop(&mut self) {
         if let Some(writer) = self.0.take()
