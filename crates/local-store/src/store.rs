@@ -44,6 +44,11 @@ pub struct LocalStore {
     layout: StoreLayout,
     settings: StoreSettings,
     db: Mutex<Db>,
+    /// Hash modulo of the derivations checked so far, by `.drv` path.
+    /// Sound for the store's lifetime, since a `.drv` path is a hash of its
+    /// contents; without it, checking each derivation of a deep DAG would
+    /// hash its whole input closure again (quadratic in the DAG's size).
+    hash_cache: Mutex<larder_store_core::derivation::HashModuloCache>,
     // Held for the store's lifetime: the shared big lock.
     _big_lock: FileLock,
 }
@@ -121,10 +126,14 @@ impl LocalStore {
                 });
             }
         };
+        let hash_cache = larder_store_core::derivation::HashModuloCache::new(
+            layout.store_dir().clone(),
+        );
         let store = Self {
             layout,
             settings,
             db: Mutex::new(db),
+            hash_cache: Mutex::new(hash_cache),
             _big_lock: big_lock,
         };
         store.sweep_scratch();
@@ -307,6 +316,17 @@ impl LocalStore {
         let existed = fs::symlink_metadata(&real).is_ok();
         fsutil::delete_path(&real)?;
         Ok(existed)
+    }
+
+    /// The hash modulo cache of the derivations this store has checked.
+    pub(crate) fn hash_cache(
+        &self,
+    ) -> MutexGuard<'_, larder_store_core::derivation::HashModuloCache> {
+        // A panic mid-computation leaves only complete entries behind: an
+        // entry is inserted once its hash is known.
+        self.hash_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn db(&self) -> MutexGuard<'_, Db> {
