@@ -6,7 +6,9 @@
 
 mod cli;
 mod drvs;
+mod goals;
 mod load;
 mod local_store;
+mod pathlocks;
 mod sandbox;
 mod support;

@@ -39,6 +39,10 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         "larder-cli",
         "-p",
         "larder-store-core",
+        "-p",
+        "larder-pathlocks",
+        "-p",
+        "larder-builder-linux-chroot",
         "--examples",
         "--bins",
     ]))?;
@@ -60,6 +64,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     example_rows(
         &release.join("examples/refscan_bench"),
         &[refscan_mb],
+        &mut rows,
+    )?;
+    lock_rows(&release.join("examples/lock_bench"), &mut rows)?;
+    let sandbox_n = if quick { "20" } else { "200" };
+    example_rows(
+        &release.join("examples/sandbox_bench"),
+        &[sandbox_n],
         &mut rows,
     )?;
 
@@ -146,10 +157,73 @@ fn nar_hash_rows(
 /// `{"name", "value", "unit", "peer"?, "peer_value"?, "target"?}`.
 fn example_rows(example: &Path, args: &[&str], rows: &mut Vec<Row>) -> Result<()> {
     let text = output(Command::new(example).args(args))?;
+    for line in text.lines().filter(|l| l.contains("skipped")) {
+        // A benchmark that cannot run here says why; so does the table.
+        rows.push(Row {
+            figure: example
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            larder: "skipped".to_owned(),
+            peer: line.trim().to_owned(),
+            ratio: String::new(),
+            target: String::new(),
+        });
+    }
     for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
         let figure = parse_figure(line)
             .with_context(|| format!("reading a figure of {}: {line}", example.display()))?;
         rows.push(figure);
+    }
+    Ok(())
+}
+
+/// Lock handoff latencies from `larder-pathlocks`' `lock_bench`, which
+/// prints `{"name", "median_us", "p99_us", "max_us", "n"}` per figure. The
+/// uncontended try-lock is the scale; Nix's own handoff is its 5 s poll
+/// interval (`build-poll-interval`), a setting rather than a measurement.
+fn lock_rows(example: &Path, rows: &mut Vec<Row>) -> Result<()> {
+    let text = output(&mut Command::new(example))?;
+    let figures: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let median = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f["name"] == name)
+            .and_then(|f| Some((f["median_us"].as_f64()?, f["max_us"].as_f64()?)))
+    };
+    let scale = median("try_lock_uncontended").map(|(m, _)| m);
+    for (name, label, target) in [
+        (
+            "handoff_in_process",
+            "lock handoff, two goals in one process",
+            "< 1 ms median",
+        ),
+        (
+            "handoff_cross_process",
+            "lock handoff, two processes (async lock)",
+            "well under Nix's 5 s poll",
+        ),
+        (
+            "handoff_cross_process_blocking",
+            "lock handoff, two processes (blocking lock)",
+            "for scale",
+        ),
+    ] {
+        let Some((med, max)) = median(name) else {
+            bail!("{} printed no figure '{name}'", example.display());
+        };
+        rows.push(Row {
+            figure: label.to_owned(),
+            larder: format!("median {med:.1} µs, worst {max:.1} µs"),
+            peer: scale.map_or_else(
+                || "uncontended try-lock: missing".to_owned(),
+                |s| format!("uncontended try-lock: {s:.1} µs; Nix: polls every 5 s"),
+            ),
+            ratio: format!("{} than Nix's poll", speedup(5e6 / med)),
+            target: target.to_owned(),
+        });
     }
     Ok(())
 }
@@ -165,7 +239,11 @@ fn parse_figure(line: &str) -> Option<Row> {
     ) {
         (Some(peer), Some(theirs)) => (
             format!("{peer}: {theirs:.3} {unit}"),
-            format!("{:.2}x", ours / theirs),
+            speedup(if lower_is_better(unit) {
+                theirs / ours
+            } else {
+                ours / theirs
+            }),
         ),
         (Some(peer), None) => (format!("{peer}: missing"), String::new()),
         _ => ("none (absolute target)".to_owned(), String::new()),
@@ -194,7 +272,7 @@ fn throughput_row(
     let (peer, ratio) = match peer {
         Some((name, theirs)) => (
             format!("{name}: {:.0} MB/s", rate(theirs)),
-            format!("{:.2}x", theirs.as_secs_f64() / ours.as_secs_f64()),
+            speedup(theirs.as_secs_f64() / ours.as_secs_f64()),
         ),
         None => ("peer missing (not installed)".to_owned(), String::new()),
     };
@@ -204,6 +282,25 @@ fn throughput_row(
         peer,
         ratio,
         target: target.to_owned(),
+    }
+}
+
+/// Whether smaller figures in `unit` are better (times, sizes), as opposed
+/// to throughputs.
+fn lower_is_better(unit: &str) -> bool {
+    matches!(
+        unit,
+        "ns" | "µs" | "us" | "ms" | "s" | "ms/drv" | "MiB" | "MB"
+    )
+}
+
+/// A ratio of larder's speed to the peer's, said in words so that its
+/// direction is never in doubt.
+fn speedup(ratio: f64) -> String {
+    if ratio >= 1.0 {
+        format!("{ratio:.2}x faster")
+    } else {
+        format!("{:.2}x slower", 1.0 / ratio)
     }
 }
 
@@ -289,7 +386,7 @@ impl XorShift {
 
 fn render(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| figure | larder | peer (same run) | ratio | target |\n| --- | --- | --- | --- | --- |\n",
+        "| figure | larder | peer (same run) | larder vs peer | target |\n| --- | --- | --- | --- | --- |\n",
     );
     for r in rows {
         let _ = writeln!(

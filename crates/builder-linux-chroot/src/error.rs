@@ -92,3 +92,19 @@ impl SandboxError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_names_the_cause_and_the_way_out() {
+        let error = SandboxError::Unavailable {
+            cause: "user namespaces are disabled (/proc/sys/user/max_user_namespaces is 0)"
+                .to_owned(),
+        };
+        let message = error.to_string();
+        assert!(message.contains("max_user_namespaces is 0"), "{message}");
+        assert!(message.contains("`--no-sandbox`"), "{message}");
+    }
+}

@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use larder_store_core::StorePath;
+use larder_store_core::canonicalise::{Canonicaliser, Rules};
 
 use crate::error::{BuildError, Result};
 use crate::lifecycle::BuildContext;
@@ -30,8 +31,9 @@ use crate::process::{BuilderCommand, SpawnedBuilder, spawn_process_group};
 /// 2. [`start_child`](Self::start_child) to start the builder;
 /// 3. [`before_unprepare`](Self::before_unprepare), then
 ///    [`kill_sandbox`](Self::kill_sandbox) after the process group is
-///    killed and reaped, then [`real_path_in_host`](Self::real_path_in_host)
-///    for each output;
+///    killed and reaped, then
+///    [`canonicalisation_rules`](Self::canonicalisation_rules) and
+///    [`real_path_in_host`](Self::real_path_in_host) for each output;
 /// 4. [`cleanup_sandbox`](Self::cleanup_sandbox) exactly once, at the end
 ///    of a successful registration or on any failure (also when a build is
 ///    dropped half-way).
@@ -109,6 +111,20 @@ pub trait DerivationBuilder: fmt::Debug + Send {
     fn kill_sandbox(&mut self, ctx: &BuildContext) -> Result<()> {
         let _ = ctx;
         Ok(())
+    }
+
+    /// The rules the outputs are canonicalised by. By default the builder
+    /// ran as the current user, so there are no build users to tell
+    /// foreign files by, and hard links are confined to the outputs: a
+    /// file linked from elsewhere (a host file, an input) is refused
+    /// before anything changes it. A sandbox with build users names their
+    /// uid range instead.
+    fn canonicalisation_rules(&self, ctx: &BuildContext) -> Rules {
+        let _ = ctx;
+        Rules {
+            confine_hard_links: true,
+            ..Canonicaliser::current_user_rules()
+        }
     }
 
     /// Where a store path the builder wrote is on the host: the real store

@@ -27,7 +27,7 @@
 //! - [`builder`]: [`DerivationBuilder`] and [`GenericBuilder`].
 //! - [`lifecycle`]: the stage types and [`prepare`].
 //! - [`process`]: spawning in a process group, the log pipe, exit status.
-//! - [`env`]: the builder's environment; [`structured_attrs`]: `.attrs.json`
+//! - [`env`](mod@env): the builder's environment; [`structured_attrs`]: `.attrs.json`
 //!   and `.attrs.sh`; [`rewrite`]: placeholders and string rewriting.
 //! - [`checks`]: the output checks.
 //! - [`settings`]: [`BuildSettings`] and [`Limits`].

@@ -12,24 +12,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use larder_local_store::{LocalStore, PathInfo};
+use larder_store_core::canonicalise::{self, CanonicaliseError, Canonicaliser, PolicyError};
 use larder_store_core::derivation::{Derivation, DerivationKind, DerivationOutput};
 use larder_store_core::store_path::{StoreReferences, output_path_name};
 use larder_store_core::{
     ContentAddress, ContentAddressMethod, Hash, HashAlgo, StoreDir, StorePath,
 };
+use larder_store_core::{nar, references};
 use rustix::process::Pid;
 
 use crate::builder::DerivationBuilder;
 use crate::checks::{CheckedPath, OutputChecks, check_outputs, parse_output_checks};
 use crate::env::{BuilderEnv, EnvInputs, structured_attrs};
 use crate::error::{BuildError, FailureKind, IoContext, Result};
-use crate::fsops::{self, InodesSeen};
+use crate::fsops;
 use crate::process::{self, BuilderCommand, ExitStatus, LogRead, SpawnedBuilder};
 use crate::rewrite::{Rewrites, hash_placeholder};
 use crate::settings::BuildSettings;
@@ -1047,7 +1049,7 @@ impl BuildState {
         let drv_display = ctx.drv_display();
         let mut already_valid = BTreeMap::new();
         let mut staged: BTreeMap<String, PathBuf> = BTreeMap::new();
-        let mut inodes = InodesSeen::default();
+        let rules = self.builder.canonicalisation_rules(ctx);
         for (name, scratch) in &ctx.scratch_outputs {
             if !ctx.check
                 && let Some(Some(known)) = ctx.known_outputs.get(name)
@@ -1059,61 +1061,59 @@ impl BuildState {
                 continue;
             }
             let actual = self.builder.real_path_in_host(ctx, scratch);
-            let meta = match fs::symlink_metadata(&actual) {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match canonicalise::check_output_root(&actual, &rules) {
+                Ok(()) => {}
+                Err(CanonicaliseError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound =>
+                {
                     return Err(BuildError::rejected(format!(
                         "builder for '{drv_display}' failed to produce output path for output '{name}' at '{}'",
                         ctx.store_dir.display(scratch)
                     )));
                 }
-                Err(e) => return Err(BuildError::io("getting status of", &actual, &e)),
-            };
-            if !meta.file_type().is_symlink() && meta.permissions().mode() & 0o022 != 0 {
-                return Err(BuildError::rejected(format!(
-                    "suspicious ownership or permission on '{}' for output '{name}'; rejecting this build output",
-                    actual.display()
-                )));
+                Err(CanonicaliseError::Policy {
+                    source: PolicyError::SuspiciousOutput { .. },
+                    ..
+                }) => {
+                    return Err(BuildError::rejected(format!(
+                        "suspicious ownership or permission on '{}' for output '{name}'; rejecting this build output",
+                        actual.display()
+                    )));
+                }
+                Err(e) => return Err(fsops::canonicalise_failure(e)),
             }
             let dest = staging.join(name);
             move_tree(&actual, &dest)?;
             staged.insert(name.clone(), dest);
         }
-        // Hard links are checked before any metadata changes, so a file
-        // the builder linked from elsewhere is never touched.
-        for path in staged.values() {
-            inodes.count(path)?;
-        }
-        inodes.check_links_inside(|p| fs::symlink_metadata(p).map_or(0, |m| m.nlink()))?;
-        for path in staged.values() {
-            fsops::canonicalise(path)?;
-        }
+        // All outputs at once: under the rules' confined hard links, a
+        // file the builder linked from elsewhere is refused before any
+        // metadata changes, so it is never touched.
+        Canonicaliser::new(rules)
+            .canonicalise_all(staged.values())
+            .map_err(fsops::canonicalise_failure)?;
         // The scratch locations are empty now; the staging directory owns
         // the outputs.
         self.owned_paths.clear();
 
-        // References: hash parts of the input closure and of every output.
-        let mut referenceable: BTreeMap<String, StorePath> = ctx
+        // References: the input closure and every output.
+        let candidates: BTreeSet<StorePath> = ctx
             .input_closure
             .iter()
-            .map(|p| (p.hash_part().to_owned(), p.clone()))
+            .chain(ctx.scratch_outputs.values())
+            .cloned()
             .collect();
-        for scratch in ctx.scratch_outputs.values() {
-            referenceable.insert(scratch.hash_part().to_owned(), scratch.clone());
-        }
-        let candidates: BTreeSet<String> = referenceable.keys().cloned().collect();
         let discard = discarded_references(ctx)?;
         let mut refs: BTreeMap<String, BTreeSet<StorePath>> = BTreeMap::new();
         for (name, path) in &staged {
             let found = if discard.contains(name) {
                 BTreeSet::new()
             } else {
-                fsops::scan_references(path, &candidates)?
+                references::scan_path(path, &candidates).map_err(|e| {
+                    BuildError::misc(format!("scanning '{}' for references: {e}", path.display()))
+                })?
             };
-            refs.insert(
-                name.clone(),
-                found.iter().map(|h| referenceable[h].clone()).collect(),
-            );
+            refs.insert(name.clone(), found);
         }
         let order = topo_order(ctx, &staged, &refs)?;
 
@@ -1194,8 +1194,12 @@ impl BuildState {
                 final_path.hash_part().to_owned(),
             );
             finals.insert(scratch.clone(), final_path.clone());
-            fsops::canonicalise(staged_path)?;
-            let (nar_hash, nar_size) = fsops::nar_hash(staged_path)?;
+            // A rewritten output is a canonical copy; the others were
+            // canonicalised above.
+            let nar::NarHash {
+                hash: nar_hash,
+                size: nar_size,
+            } = fsops::nar_hash(staged_path)?;
             let mut references = others;
             if self_ref {
                 references.insert(final_path.clone());
@@ -1250,12 +1254,7 @@ fn content_address_output(
         }
     }
     fsops::rewrite_tree(staged, output_rewrites)?;
-    let data = if flat {
-        fs::read(staged).at("reading", staged)?
-    } else {
-        fsops::nar_bytes(staged)?
-    };
-    let hash = fsops::hash_modulo(algo, &data, scratch.hash_part());
+    let hash = fsops::hash_modulo_path(algo, staged, flat, scratch.hash_part())?;
     let ca = ContentAddress { method, hash };
     let path_name = output_path_name(ctx.drv.name(), name);
     let path = ctx
@@ -1494,19 +1493,13 @@ fn create_staging_dir(store: &LocalStore) -> Result<PathBuf> {
     }
 }
 
-/// Renames a tree; across file systems, copies it through its NAR.
+/// Renames a tree; across file systems, copies it through its NAR (a
+/// canonical copy) and deletes the original.
 fn move_tree(from: &Path, to: &Path) -> Result<()> {
     match fs::rename(from, to) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
-            let bytes = fsops::nar_bytes(from)?;
-            larder_store_core::nar::restore(&mut bytes.as_slice(), to).map_err(|e| {
-                BuildError::misc(format!(
-                    "copying '{}' to '{}': {e}",
-                    from.display(),
-                    to.display()
-                ))
-            })?;
+            fsops::copy_tree_canonical(from, to)?;
             fsops::delete_path(from)
         }
         Err(e) => Err(BuildError::misc(format!(

@@ -94,18 +94,29 @@ impl LocalStore {
         big_lock.lock(true, "waiting for the big Nix store lock...")?;
 
         let schema_path = layout.schema_path();
-        let version = read_schema_version(&schema_path)?;
-        let db = match version {
-            0 => {
-                let db = Db::open(
+        let mut version = read_schema_version(&schema_path)?;
+        if version == 0 {
+            // A new store. Creating it holds the big lock exclusively, so
+            // that processes opening the same new store at once create the
+            // database one after the other (SQLite would refuse concurrent
+            // schema and journal-mode changes as "database is locked").
+            // Converting the lock drops the shared one first, so two such
+            // processes cannot wait for each other.
+            big_lock.lock(false, "waiting for exclusive access to the Nix store...")?;
+            version = read_schema_version(&schema_path)?;
+            if version == 0 {
+                drop(Db::open(
                     &layout.db_path(),
                     true,
                     settings.fsync_metadata,
                     layout.store_dir().clone(),
-                )?;
+                )?);
                 fsutil::write_file_atomic(&schema_path, SCHEMA_VERSION.to_string().as_bytes())?;
-                db
+                version = SCHEMA_VERSION;
             }
+            big_lock.lock(true, "waiting for the big Nix store lock...")?;
+        }
+        let db = match version {
             SCHEMA_VERSION => Db::open(
                 &layout.db_path(),
                 false,

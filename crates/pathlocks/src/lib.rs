@@ -61,6 +61,8 @@ mod lock_file;
 mod owner;
 mod snapshot;
 mod table;
+#[cfg(test)]
+mod test_support;
 mod wait;
 
 pub use acquire::{lock_blocking, try_lock};

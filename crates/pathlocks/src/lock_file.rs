@@ -91,12 +91,33 @@ impl LockFile {
     /// it: it is unlinked (`st_nlink == 0`) or carries the deletion marker
     /// (`st_size != 0`). Nix checks only the size; the link count also
     /// covers a holder that died between unlinking and writing the marker.
+    ///
+    /// A marked file that is still the one at the lock path was marked by a
+    /// holder whose unlink failed. Reopening would find the same file again
+    /// forever (Nix spins on it), so, holding its lock, we empty it and use
+    /// it: it is the current lock file.
     pub(crate) fn is_stale(&self) -> Result<bool, Error> {
-        let stat = rustix::fs::fstat(&self.fd).map_err(|errno| Error::Stat {
+        let stat_error = |errno: Errno| Error::Stat {
             lock_path: self.lock_path.clone(),
             source: errno.into(),
-        })?;
-        Ok(stat.st_size != 0 || stat.st_nlink == 0)
+        };
+        let stat = rustix::fs::fstat(&self.fd).map_err(stat_error)?;
+        if stat.st_nlink == 0 {
+            return Ok(true);
+        }
+        if stat.st_size == 0 {
+            return Ok(false);
+        }
+        match rustix::fs::stat(&self.lock_path) {
+            Ok(at_path) if at_path.st_dev == stat.st_dev && at_path.st_ino == stat.st_ino => {
+                tracing::debug!(lock_path = %self.lock_path.display(), "emptying lock file marked deleted but still linked");
+                rustix::fs::ftruncate(&self.fd, 0).map_err(stat_error)?;
+                Ok(false)
+            }
+            // Another file (or none) is at the path now: ours is stale.
+            Ok(_) | Err(Errno::NOENT) => Ok(true),
+            Err(errno) => Err(stat_error(errno)),
+        }
     }
 
     /// Deletes the lock file while still holding its lock: unlinks it, then
@@ -155,5 +176,92 @@ pub(crate) fn acquire_blocking(path: &Path, mut on_wait: impl FnMut()) -> Result
         }
         tracing::debug!(lock_path = %lock_path.display(), "lock acquired");
         return Ok(file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use rustix::io::FdFlags;
+
+    use super::*;
+
+    #[test]
+    fn lock_file_is_the_path_with_lock_appended() {
+        assert_eq!(
+            lock_file_path(Path::new("/nix/store/abc-hello")),
+            Path::new("/nix/store/abc-hello.lock")
+        );
+        assert_eq!(
+            lock_file_path(Path::new("/nix/store/abc-hello.drv.out")),
+            Path::new("/nix/store/abc-hello.drv.out.lock")
+        );
+    }
+
+    #[test]
+    fn lock_file_is_mode_0600_and_close_on_exec() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock_path = dir.path().join("p.lock");
+        let file = LockFile::open(&lock_path).unwrap();
+        let mode = std::fs::metadata(&lock_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(
+            rustix::io::fcntl_getfd(&file.fd)
+                .unwrap()
+                .contains(FdFlags::CLOEXEC)
+        );
+    }
+
+    #[test]
+    fn delete_unlinks_then_marks_through_the_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock_path = dir.path().join("p.lock");
+        let file = LockFile::open(&lock_path).unwrap();
+        assert!(file.try_lock().unwrap());
+        // A waiter that opened the file before the deletion.
+        let waiter = LockFile::open(&lock_path).unwrap();
+        file.delete();
+        assert!(!lock_path.exists());
+        drop(file);
+        assert!(waiter.try_lock().unwrap());
+        assert!(waiter.is_stale().unwrap());
+        let stat = rustix::fs::fstat(&waiter.fd).unwrap();
+        assert_eq!((stat.st_size, stat.st_nlink), (1, 0));
+    }
+
+    #[test]
+    fn unlinked_file_without_marker_is_stale() {
+        // The previous holder died between unlinking and writing `d`.
+        let dir = tempfile::tempdir().unwrap();
+        let lock_path = dir.path().join("p.lock");
+        let file = LockFile::open(&lock_path).unwrap();
+        std::fs::remove_file(&lock_path).unwrap();
+        assert!(file.try_lock().unwrap());
+        assert!(file.is_stale().unwrap());
+    }
+
+    #[test]
+    fn marked_file_still_at_the_path_is_emptied_and_used() {
+        // A holder whose unlink failed still wrote `d`: reopening would
+        // find the same file forever.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        std::fs::write(lock_file_path(&path), "d").unwrap();
+        let file = try_acquire(&path).unwrap().unwrap();
+        assert_eq!(std::fs::metadata(lock_file_path(&path)).unwrap().len(), 0);
+        assert!(!file.is_stale().unwrap());
+    }
+
+    #[test]
+    fn try_lock_is_busy_while_another_description_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock_path = dir.path().join("p.lock");
+        let first = LockFile::open(&lock_path).unwrap();
+        let second = LockFile::open(&lock_path).unwrap();
+        assert!(first.try_lock().unwrap());
+        assert!(!second.try_lock().unwrap());
+        drop(first);
+        assert!(second.try_lock().unwrap());
     }
 }

@@ -173,3 +173,84 @@ impl fmt::Display for Waiter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(owner: u64, blocked_on: Vec<Blocker>) -> Waiter {
+        Waiter {
+            owner: Owner::new(owner),
+            paths: blocked_on
+                .iter()
+                .map(|b| match b {
+                    Blocker::InProcess { path, .. } | Blocker::OtherProcess { path } => {
+                        path.clone()
+                    }
+                })
+                .collect(),
+            blocked_on,
+            since: Instant::now(),
+        }
+    }
+
+    fn held_by(path: &str, holder: u64) -> Blocker {
+        Blocker::InProcess {
+            path: PathBuf::from(path),
+            holder: Owner::new(holder),
+        }
+    }
+
+    #[test]
+    fn a_chain_is_no_cycle() {
+        let snapshot = LockSnapshot {
+            held: Vec::new(),
+            waiting: vec![
+                waiter(1, vec![held_by("/p", 2)]),
+                waiter(
+                    2,
+                    vec![
+                        held_by("/q", 3),
+                        Blocker::OtherProcess { path: "/r".into() },
+                    ],
+                ),
+            ],
+        };
+        assert_eq!(snapshot.wait_for_edges().count(), 2);
+        assert_eq!(snapshot.find_cycle(), None);
+    }
+
+    #[test]
+    fn a_cycle_through_any_blocker_is_found() {
+        let snapshot = LockSnapshot {
+            held: Vec::new(),
+            waiting: vec![
+                waiter(1, vec![held_by("/a", 4), held_by("/p", 2)]),
+                waiter(2, vec![held_by("/q", 3)]),
+                waiter(3, vec![held_by("/r", 1)]),
+            ],
+        };
+        let cycle = snapshot.find_cycle().unwrap();
+        let owners: Vec<u64> = cycle.iter().map(|edge| edge.waiter.id()).collect();
+        assert_eq!(owners, [1, 2, 3]);
+        assert_eq!(cycle[2].holder, Owner::new(1));
+        assert_eq!(cycle[2].path, Path::new("/r"));
+    }
+
+    #[test]
+    fn the_wait_message_names_the_busy_paths_as_nix_does() {
+        let waiting = waiter(
+            1,
+            vec![
+                held_by("/nix/store/a-x", 2),
+                Blocker::OtherProcess {
+                    path: "/nix/store/b-y".into(),
+                },
+            ],
+        );
+        assert_eq!(
+            waiting.to_string(),
+            "waiting for lock on '/nix/store/a-x', '/nix/store/b-y'"
+        );
+    }
+}

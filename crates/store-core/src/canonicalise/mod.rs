@@ -9,6 +9,11 @@
 //! users' uid range: a file owned by anyone else is refused, unless it is
 //! a hard link to a file this build already canonicalised (so `ln
 //! /etc/shadow $out/x` fails while hard links inside the outputs work).
+//! A build run as the current user has no such owner to tell foreign files
+//! by; [`Rules::confine_hard_links`] then refuses any file with links
+//! outside the outputs, before anything is changed.
+//! [`check_output_root`] is the check on a fresh output's top entry that
+//! comes before it is taken at all.
 //!
 //! - [`policy`]: the rules, as a pure function from metadata to an action.
 //! - [`walk`]: applying them to a tree on disk.
@@ -17,4 +22,4 @@ pub mod policy;
 pub mod walk;
 
 pub use policy::{Action, Decision, FileKind, MTIME_STORE, Metadata, PolicyError, Rules};
-pub use walk::{CanonicaliseError, Canonicaliser, canonicalise_path};
+pub use walk::{CanonicaliseError, Canonicaliser, canonicalise_path, check_output_root};

@@ -42,6 +42,13 @@ pub struct Rules {
     /// file owned by another uid is refused unless it is a hard link to a
     /// file already canonicalised. `None` skips the ownership check.
     pub build_uids: Option<(u32, u32)>,
+    /// For fresh build output built as [`euid`](Self::euid) itself (no
+    /// build users): refuse a regular file with hard links outside the
+    /// trees canonicalised together. Such a builder can link any file we
+    /// own (a host file, an input) into its output, and canonicalising
+    /// would then change that file; with this rule the links are counted
+    /// before anything is changed (see [`check_links`]).
+    pub confine_hard_links: bool,
 }
 
 /// What to do with one entry.
@@ -96,6 +103,27 @@ pub enum PolicyError {
         mode: u32,
         /// The mtime.
         mtime: i64,
+    },
+    /// A regular file with links outside the trees canonicalised together,
+    /// under [`Rules::confine_hard_links`].
+    #[error(
+        "file has {nlink} hard links, only {inside} of them inside the build outputs; \
+         hard links to files outside the outputs are not allowed"
+    )]
+    HardLinkOutside {
+        /// The file's link count.
+        nlink: u64,
+        /// How many of its links were found inside the trees.
+        inside: u64,
+    },
+    /// The top of a build output is group- or world-writable, or owned by
+    /// a uid outside the build users'.
+    #[error("suspicious ownership or permission (uid {uid}, mode {mode:o})")]
+    SuspiciousOutput {
+        /// The owner.
+        uid: u32,
+        /// The permission bits.
+        mode: u32,
     },
 }
 
@@ -171,6 +199,43 @@ pub fn decide(meta: &Metadata, rules: &Rules, seen_before: bool) -> Result<Decis
     }))
 }
 
+/// Under [`Rules::confine_hard_links`], checks a regular file with `nlink`
+/// links of which `inside` were found in the trees canonicalised together.
+/// Without the rule, anything goes.
+///
+/// # Errors
+///
+/// [`PolicyError::HardLinkOutside`] when some links are outside.
+pub fn check_links(rules: &Rules, nlink: u64, inside: u64) -> Result<(), PolicyError> {
+    if rules.confine_hard_links && nlink > inside {
+        return Err(PolicyError::HardLinkOutside { nlink, inside });
+    }
+    Ok(())
+}
+
+/// Checks the top-level entry of a fresh build output before it is taken
+/// (Nix's check in `registerOutputs`): unless it is a symlink, it must not
+/// be group- or world-writable, and with build users it must belong to
+/// one of them. Another user could otherwise change it while, or after,
+/// it becomes a store object.
+///
+/// # Errors
+///
+/// [`PolicyError::SuspiciousOutput`] when the check fails.
+pub fn check_output_root(meta: &Metadata, rules: &Rules) -> Result<(), PolicyError> {
+    let writable = meta.kind != FileKind::Symlink && meta.mode & 0o022 != 0;
+    let foreign = rules
+        .build_uids
+        .is_some_and(|(first, last)| !(first..=last).contains(&meta.uid));
+    if writable || foreign {
+        return Err(PolicyError::SuspiciousOutput {
+            uid: meta.uid,
+            mode: meta.mode,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +244,7 @@ mod tests {
         euid: 1000,
         egid: 100,
         build_uids: None,
+        confine_hard_links: false,
     };
 
     fn meta(kind: FileKind, mode: u32) -> Metadata {
@@ -253,6 +319,7 @@ mod tests {
             euid: 0,
             egid: 0,
             build_uids: Some((30001, 30032)),
+            confine_hard_links: false,
         };
         let built = Metadata {
             uid: 30005,
@@ -293,6 +360,63 @@ mod tests {
         assert!(matches!(
             decide(&dir, &rules, true),
             Err(PolicyError::InvalidOwnership { .. })
+        ));
+    }
+
+    #[test]
+    fn confined_hard_links() {
+        let confined = Rules {
+            confine_hard_links: true,
+            ..ME
+        };
+        // Every link inside: fine, with or without the rule.
+        assert_eq!(check_links(&confined, 2, 2), Ok(()));
+        // A link outside: only the rule refuses it.
+        assert_eq!(check_links(&ME, 3, 2), Ok(()));
+        let err = check_links(&confined, 3, 2).unwrap_err();
+        assert_eq!(
+            err,
+            PolicyError::HardLinkOutside {
+                nlink: 3,
+                inside: 2
+            }
+        );
+        assert!(err.to_string().contains("hard links"));
+    }
+
+    #[test]
+    fn output_roots() {
+        let ok = |kind, mode, uid, rules: &Rules| {
+            check_output_root(
+                &Metadata {
+                    uid,
+                    ..meta(kind, mode)
+                },
+                rules,
+            )
+        };
+        assert_eq!(ok(FileKind::Regular, 0o644, 1000, &ME), Ok(()));
+        assert_eq!(ok(FileKind::Directory, 0o755, 1000, &ME), Ok(()));
+        // Symlinks' bits mean nothing.
+        assert_eq!(ok(FileKind::Symlink, 0o777, 1000, &ME), Ok(()));
+        for mode in [0o664, 0o646, 0o775, 0o1777] {
+            let err = ok(FileKind::Regular, mode, 1000, &ME).unwrap_err();
+            assert_eq!(err, PolicyError::SuspiciousOutput { uid: 1000, mode });
+            assert!(
+                err.to_string()
+                    .starts_with("suspicious ownership or permission")
+            );
+        }
+        let build_users = Rules {
+            euid: 0,
+            egid: 0,
+            build_uids: Some((30001, 30032)),
+            confine_hard_links: false,
+        };
+        assert_eq!(ok(FileKind::Directory, 0o755, 30002, &build_users), Ok(()));
+        assert!(matches!(
+            ok(FileKind::Directory, 0o755, 0, &build_users),
+            Err(PolicyError::SuspiciousOutput { uid: 0, .. })
         ));
     }
 }

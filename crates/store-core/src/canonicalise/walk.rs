@@ -1,6 +1,6 @@
 //! Applying the canonicalisation rules to a tree on disk.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, Permissions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -10,7 +10,7 @@ use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_OMIT};
 use thiserror::Error;
 
 use super::policy::{
-    Action, Decision, FileKind, MTIME_STORE, Metadata, PolicyError, Rules, decide,
+    self, Action, Decision, FileKind, MTIME_STORE, Metadata, PolicyError, Rules, decide,
 };
 use crate::nar::write::describe;
 
@@ -68,23 +68,51 @@ impl Canonicaliser {
     }
 
     /// Rules for the current process: its effective uid and gid, no build
-    /// user range.
+    /// user range, hard links not confined.
     #[must_use]
     pub fn current_user_rules() -> Rules {
         Rules {
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
             build_uids: None,
+            confine_hard_links: false,
         }
     }
 
-    /// Canonicalises the tree at `path` (not following symlinks).
+    /// Canonicalises the tree at `path` (not following symlinks), as
+    /// [`canonicalise_all`](Self::canonicalise_all) of it alone.
     ///
     /// # Errors
     ///
     /// When an entry breaks the rules or the file system refuses a change.
     /// Entries handled before the error stay changed.
     pub fn canonicalise(&mut self, path: &Path) -> Result<(), CanonicaliseError> {
+        self.canonicalise_all([path])
+    }
+
+    /// Canonicalises the trees at `paths` (all outputs of one build). Under
+    /// [`Rules::confine_hard_links`] the links of every multiply-linked
+    /// file are counted across all the trees first, and nothing is changed
+    /// if one has links elsewhere; so with that rule a build's outputs must
+    /// be given together, not one call each.
+    ///
+    /// # Errors
+    ///
+    /// As [`canonicalise`](Self::canonicalise).
+    pub fn canonicalise_all<P: AsRef<Path>>(
+        &mut self,
+        paths: impl IntoIterator<Item = P> + Clone,
+    ) -> Result<(), CanonicaliseError> {
+        if self.rules.confine_hard_links {
+            check_links_confined(&self.rules, paths.clone())?;
+        }
+        for path in paths {
+            self.canonicalise_tree(path.as_ref())?;
+        }
+        Ok(())
+    }
+
+    fn canonicalise_tree(&mut self, path: &Path) -> Result<(), CanonicaliseError> {
         let mut stack = vec![path.to_path_buf()];
         while let Some(entry) = stack.pop() {
             if let Some(action) = self.entry(&entry)?
@@ -111,22 +139,7 @@ impl Canonicaliser {
     /// Canonicalises one entry; returns the action taken, `None` if skipped.
     fn entry(&mut self, path: &Path) -> Result<Option<Action>, CanonicaliseError> {
         let st = fs::symlink_metadata(path).map_err(|e| io_error("getting status of", path, e))?;
-        let file_type = st.file_type();
-        let kind = if file_type.is_file() {
-            FileKind::Regular
-        } else if file_type.is_dir() {
-            FileKind::Directory
-        } else if file_type.is_symlink() {
-            FileKind::Symlink
-        } else {
-            FileKind::Other(describe(file_type))
-        };
-        let meta = Metadata {
-            kind,
-            mode: st.mode() & 0o7777,
-            mtime: st.mtime(),
-            uid: st.uid(),
-        };
+        let meta = metadata(&st);
         let inode = (st.dev(), st.ino());
         let decision =
             decide(&meta, &self.rules, self.seen.contains(&inode)).map_err(|source| {
@@ -176,6 +189,73 @@ impl Canonicaliser {
 /// As [`Canonicaliser::canonicalise`].
 pub fn canonicalise_path(path: &Path) -> Result<(), CanonicaliseError> {
     Canonicaliser::new(Canonicaliser::current_user_rules()).canonicalise(path)
+}
+
+/// Checks the top-level entry of a fresh build output at `path` before it
+/// is taken, as [`policy::check_output_root`] says.
+///
+/// # Errors
+///
+/// When the check fails, or `path` cannot be examined.
+pub fn check_output_root(path: &Path, rules: &Rules) -> Result<(), CanonicaliseError> {
+    let st = fs::symlink_metadata(path).map_err(|e| io_error("getting status of", path, e))?;
+    policy::check_output_root(&metadata(&st), rules).map_err(|source| CanonicaliseError::Policy {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Counts the links of every multiply-linked regular file in the trees at
+/// `paths` and applies [`policy::check_links`] to each, changing nothing.
+fn check_links_confined<P: AsRef<Path>>(
+    rules: &Rules,
+    paths: impl IntoIterator<Item = P>,
+) -> Result<(), CanonicaliseError> {
+    // Per inode: its link count, how many links were met, the first one.
+    let mut links: HashMap<(u64, u64), (u64, u64, PathBuf)> = HashMap::new();
+    let mut stack: Vec<PathBuf> = paths.into_iter().map(|p| p.as_ref().to_owned()).collect();
+    while let Some(entry) = stack.pop() {
+        let st =
+            fs::symlink_metadata(&entry).map_err(|e| io_error("getting status of", &entry, e))?;
+        if st.is_file() && st.nlink() > 1 {
+            links
+                .entry((st.dev(), st.ino()))
+                .or_insert_with(|| (st.nlink(), 0, entry.clone()))
+                .1 += 1;
+        } else if st.is_dir() {
+            let entries =
+                fs::read_dir(&entry).map_err(|e| io_error("reading directory", &entry, e))?;
+            for child in entries {
+                let child = child.map_err(|e| io_error("reading directory", &entry, e))?;
+                stack.push(child.path());
+            }
+        }
+    }
+    for (nlink, inside, path) in links.into_values() {
+        policy::check_links(rules, nlink, inside)
+            .map_err(|source| CanonicaliseError::Policy { path, source })?;
+    }
+    Ok(())
+}
+
+/// The metadata the rules look at, from `lstat`.
+fn metadata(st: &fs::Metadata) -> Metadata {
+    let file_type = st.file_type();
+    let kind = if file_type.is_file() {
+        FileKind::Regular
+    } else if file_type.is_dir() {
+        FileKind::Directory
+    } else if file_type.is_symlink() {
+        FileKind::Symlink
+    } else {
+        FileKind::Other(describe(file_type))
+    };
+    Metadata {
+        kind,
+        mode: st.mode() & 0o7777,
+        mtime: st.mtime(),
+        uid: st.uid(),
+    }
 }
 
 /// Removes every extended attribute of `path` (not following a symlink)
@@ -345,6 +425,7 @@ mod tests {
             euid: 0,
             egid: 0,
             build_uids: Some((30_001, 30_032)),
+            confine_hard_links: false,
         };
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
@@ -384,5 +465,68 @@ mod tests {
         chmod(&out, 0o755);
         chmod(&lib, 0o755);
         chmod(&evil, 0o755);
+    }
+
+    #[test]
+    fn confined_hard_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, dev) = (dir.path().join("out"), dir.path().join("dev"));
+        fs::create_dir(&out).unwrap();
+        fs::create_dir(&dev).unwrap();
+        fs::write(out.join("a"), "a").unwrap();
+        fs::hard_link(out.join("a"), out.join("b")).unwrap();
+        // A link between two outputs given together counts as inside.
+        fs::hard_link(out.join("a"), dev.join("a")).unwrap();
+        let rules = Rules {
+            confine_hard_links: true,
+            ..Canonicaliser::current_user_rules()
+        };
+        Canonicaliser::new(rules)
+            .canonicalise_all([&out, &dev])
+            .unwrap();
+        assert_eq!(mode(&dev.join("a")), 0o444);
+        chmod(&out, 0o755);
+        chmod(&dev, 0o755);
+
+        // A link to a file elsewhere is refused, and nothing is changed.
+        let host = dir.path().join("host");
+        fs::write(&host, "secret").unwrap();
+        chmod(&host, 0o644);
+        let evil = dir.path().join("evil");
+        fs::create_dir(&evil).unwrap();
+        fs::write(evil.join("own"), "own").unwrap();
+        fs::hard_link(&host, evil.join("x")).unwrap();
+        let err = Canonicaliser::new(rules).canonicalise(&evil).unwrap_err();
+        assert!(matches!(
+            &err,
+            CanonicaliseError::Policy {
+                source: PolicyError::HardLinkOutside { nlink: 2, inside: 1 },
+                path,
+            } if *path == evil.join("x")
+        ));
+        assert_eq!(mode(&host), 0o644);
+        assert_ne!(mtime(&evil.join("own")), MTIME_STORE);
+        // Without the rule the same tree is accepted.
+        canonicalise_path(&evil).unwrap();
+        chmod(&evil, 0o755);
+    }
+
+    #[test]
+    fn output_root_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("out");
+        fs::write(&file, "x").unwrap();
+        let rules = Canonicaliser::current_user_rules();
+        chmod(&file, 0o644);
+        check_output_root(&file, &rules).unwrap();
+        chmod(&file, 0o664);
+        let err = check_output_root(&file, &rules).unwrap_err();
+        assert!(matches!(
+            err,
+            CanonicaliseError::Policy {
+                source: PolicyError::SuspiciousOutput { mode: 0o664, .. },
+                ..
+            }
+        ));
     }
 }
