@@ -57,6 +57,12 @@ impl Scratch {
     }
 
     /// `larder --store ROOT build ARGS... FILES...`, run to its end within
+    /// [`crate::scenarios::BOUND`].
+    pub fn build(&self, args: &[&str], files: &[PathBuf]) -> Output {
+        self.build_within(crate::scenarios::BOUND, args, files)
+    }
+
+    /// `larder --store ROOT build ARGS... FILES...`, run to its end within
     /// `bound`.
     pub fn build_within(&self, bound: Duration, args: &[&str], files: &[PathBuf]) -> Output {
         let mut cmd = larder();

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use larder_store_core::Derivation;
 
 use crate::drvs::{
-    Scratch, count_in_stderr, input_addressed, lines_of, out_path, output_lines,
-    sandbox_available, store_dir, text,
+    Scratch, count_in_stderr, input_addressed, lines_of, out_path, output_lines, sandbox_available,
+    store_dir, text,
 };
 
 /// Processes building at once.
@@ -65,10 +65,10 @@ fn targets(k: usize, files: &[PathBuf]) -> Vec<PathBuf> {
     let mut mine: Vec<PathBuf> = files
         .iter()
         .enumerate()
-        .filter(|(i, _)| (i * 5 + k) % 4 == 0)
+        .filter(|(i, _)| (i * 5 + k).is_multiple_of(4))
         .map(|(_, f)| f.clone())
         .collect();
-    if k % 2 == 1 {
+    if !k.is_multiple_of(2) {
         mine.reverse();
     }
     mine
@@ -118,7 +118,11 @@ fn eight_processes_build_overlapping_dags_once() {
             out.status,
             text(&out.stderr)
         );
-        assert_eq!(output_lines(&out).len(), asked, "process {k}: one per target");
+        assert_eq!(
+            output_lines(&out).len(),
+            asked,
+            "process {k}: one per target"
+        );
         lock_waits += count_in_stderr(&out, "waiting for lock on");
         builds_reported += count_in_stderr(&out, "building '");
     }

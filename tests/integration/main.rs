@@ -11,4 +11,6 @@ mod load;
 mod local_store;
 mod pathlocks;
 mod sandbox;
+mod scenarios;
+mod soak;
 mod support;

@@ -137,9 +137,8 @@ impl LocalStore {
                 });
             }
         };
-        let hash_cache = larder_store_core::derivation::HashModuloCache::new(
-            layout.store_dir().clone(),
-        );
+        let hash_cache =
+            larder_store_core::derivation::HashModuloCache::new(layout.store_dir().clone());
         let store = Self {
             layout,
             settings,
@@ -204,6 +203,29 @@ impl LocalStore {
     /// When the database fails or its row does not parse.
     pub fn query_path_info(&self, path: &StorePath) -> Result<Option<PathInfo>> {
         self.db().path_info(path)
+    }
+
+    /// The closure of `roots`: them and every path they refer to, directly
+    /// or not (Nix's `computeFSClosure`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotValid`] naming a root that is not valid, or when the
+    /// database fails.
+    pub fn query_closure(&self, roots: &BTreeSet<StorePath>) -> Result<BTreeSet<StorePath>> {
+        let db = self.db();
+        let mut closure = BTreeSet::new();
+        for root in roots {
+            if closure.contains(root) {
+                continue;
+            }
+            let found = db.closure(root)?;
+            if !found.contains(root) {
+                return Err(Error::NotValid(self.print_path(root)));
+            }
+            closure.extend(found);
+        }
+        Ok(closure)
     }
 
     /// A valid path's metadata.
