@@ -10,273 +10,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use larder_store_core::derivation::{DerivationOutput, HashModuloCache};
-use larder_store_core::{
-    ContentAddress, ContentAddressMethod, Derivation, HashAlgo, StoreDir, StorePath,
-};
+use larder_store_core::Derivation;
 
+use crate::drvs::{Scratch, input_addressed, modes, output_lines, run_bounded, store_dir, text};
+use crate::scenarios::{self, Pace};
 use crate::support::{larder, repo_root, vector};
 
 /// How long a build run may take before it counts as hung. The slowest
 /// run here takes about ten seconds; Nix 2.8 hangs forever on the first.
-const BOUND: Duration = Duration::from_secs(180);
-
-/// A scratch folder with a store under it and a folder of derivations.
-struct Scratch {
-    dir: tempfile::TempDir,
-}
-
-impl Scratch {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    fn drvs(&self) -> PathBuf {
-        let dir = self.dir.path().join("drvs");
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    /// Writes `drv` as version 4 JSON and returns the file.
-    fn write(&self, file: &str, drv: &Derivation) -> PathBuf {
-        let path = self.drvs().join(file);
-        fs::write(&path, drv.to_json_string()).unwrap();
-        path
-    }
-
-    /// `larder --store ROOT build ARGS...`, run to its end within
-    /// [`BOUND`].
-    fn build(&self, args: &[&str], files: &[PathBuf]) -> Output {
-        let mut cmd = larder();
-        cmd.arg("--store").arg(self.store()).arg("build").args(args);
-        cmd.args(files);
-        run_bounded(&mut cmd, BOUND)
-    }
-
-    fn larder(&self, args: &[&str]) -> Output {
-        let mut cmd = larder();
-        cmd.arg("--store").arg(self.store()).args(args);
-        run_bounded(&mut cmd, BOUND)
-    }
-
-    fn is_valid(&self, path: &str) -> bool {
-        self.larder(&["path-info", path]).status.success()
-    }
-
-    /// `larder verify --check-contents`, and Nix's own verification when
-    /// Nix is installed.
-    fn assert_verifies(&self) {
-        let out = self.larder(&["verify", "--check-contents"]);
-        assert!(out.status.success(), "larder verify: {}", text(&out.stderr));
-        if nix_store_available() {
-            let out = Command::new("nix-store")
-                .arg("--store")
-                .arg(format!("local?root={}", self.store().display()))
-                .args(["--verify", "--check-contents"])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "nix-store --verify: {}",
-                text(&out.stderr)
-            );
-            assert!(
-                !text(&out.stderr).contains("error"),
-                "nix-store --verify complained: {}",
-                text(&out.stderr)
-            );
-        } else {
-            eprintln!("note: nix-store is not installed; only larder verified the store");
-        }
-    }
-}
-
-/// Runs `cmd`, reading its output as it comes; if it has not ended after
-/// `bound`, interrupts it (larder then kills its builders), kills it, and
-/// fails.
-fn run_bounded(cmd: &mut Command, bound: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf);
-        buf
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        buf
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > bound {
-            let pid = rustix::process::Pid::from_child(&child);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
-            std::thread::sleep(Duration::from_secs(2));
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = err_thread.join().unwrap_or_default();
-            panic!(
-                "HANG: {cmd:?} did not finish within {bound:?}; its stderr:\n{}",
-                text(&stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out_thread.join().unwrap(),
-        stderr: err_thread.join().unwrap(),
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn nix_store_available() -> bool {
-    Command::new("nix-store")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Whether `larder build` can use the sandbox here; says why not.
-fn sandbox_available() -> bool {
-    if let Err(error) = larder_builder_linux_chroot::check_support() {
-        eprintln!("skipped in the sandbox: it needs root or user namespaces: {error}");
-        return false;
-    }
-    if let Err(error) = larder_builder_linux_chroot::default_sandbox_paths() {
-        eprintln!("skipped in the sandbox: {error}");
-        return false;
-    }
-    true
-}
-
-/// The sandbox modes to run a test in: without, and with when available.
-fn modes() -> Vec<&'static [&'static str]> {
-    let mut modes: Vec<&'static [&'static str]> = vec![&["--no-sandbox"]];
-    if sandbox_available() {
-        modes.push(&[]);
-    }
-    modes
-}
-
-fn store_dir() -> StoreDir {
-    StoreDir::default()
-}
-
-/// A `/bin/sh -c SCRIPT` derivation without outputs yet.
-fn base(name: &str, script: &str) -> Derivation {
-    let mut drv = Derivation::new(name).unwrap();
-    drv.system = "x86_64-linux".to_owned();
-    drv.builder = "/bin/sh".to_owned();
-    drv.args = vec!["-c".to_owned(), script.to_owned()];
-    for (key, value) in [
-        ("name", name),
-        ("builder", "/bin/sh"),
-        ("system", "x86_64-linux"),
-        ("PATH", "/usr/bin:/bin"),
-    ] {
-        drv.env.insert(key.to_owned(), value.to_owned());
-    }
-    drv
-}
-
-/// A fixed-output derivation producing one file.
-fn fixed(
-    name: &str,
-    script: &str,
-    method: ContentAddressMethod,
-    content_hash_of: &[u8],
-) -> Derivation {
-    let mut drv = base(name, script);
-    let hash = match method {
-        ContentAddressMethod::Nar => nar_hash_of_file(content_hash_of),
-        _ => HashAlgo::Sha256.digest(content_hash_of),
-    };
-    drv.insert_output(
-        "out",
-        DerivationOutput::Fixed(ContentAddress { method, hash }),
-    )
-    .unwrap();
-    let path = drv.output_paths(&store_dir())["out"].clone().unwrap();
-    drv.env.insert("out".to_owned(), store_dir().display(&path));
-    drv
-}
-
-/// The NAR hash (SHA-256) of a regular file holding `content`.
-fn nar_hash_of_file(content: &[u8]) -> larder_store_core::Hash {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("f");
-    fs::write(&file, content).unwrap();
-    larder_store_core::nar::hash_path(&file).unwrap().hash
-}
-
-/// The store path a fixed output of this kind gets.
-fn fixed_path(drv: &Derivation) -> String {
-    store_dir().display(&drv.output_paths(&store_dir())["out"].clone().unwrap())
-}
-
-/// An input-addressed derivation whose output paths are filled in, with
-/// the given input derivations (known by `.drv` path in `known`).
-fn input_addressed(
-    name: &str,
-    script: &str,
-    inputs: &[&Derivation],
-    known: &BTreeMap<StorePath, Derivation>,
-) -> Derivation {
-    let mut drv = base(name, script);
-    drv.insert_output("out", DerivationOutput::Deferred)
-        .unwrap();
-    drv.env.insert("out".to_owned(), String::new());
-    for input in inputs {
-        drv.input_drvs.insert(
-            input.drv_path(&store_dir()),
-            BTreeSet::from(["out".to_owned()]),
-        );
-    }
-    let mut cache = HashModuloCache::new(store_dir());
-    let mut source = |p: &StorePath| -> Result<Derivation, String> {
-        known.get(p).cloned().ok_or_else(|| format!("unknown {p}"))
-    };
-    drv.fill_in_output_paths(&mut cache, &mut source).unwrap();
-    drv
-}
-
-/// Writes about `kib` KiB to stdout in 4 KiB lines, a pause after each:
-/// a chatty, slow builder that blocks on a full pipe if nobody reads it.
-fn chatter(kib: u32, pause: &str) -> String {
-    format!(
-        "i=0; while [ $i -lt {} ]; do printf '%4095s\\n' x; sleep {pause}; i=$((i+1)); done; ",
-        kib / 4
-    )
-}
-
-fn output_lines(out: &Output) -> Vec<String> {
-    text(&out.stdout).lines().map(str::to_owned).collect()
-}
+const BOUND: Duration = scenarios::BOUND;
 
 #[test]
 fn examples_build_with_and_without_the_sandbox() {
@@ -317,73 +62,23 @@ fn examples_build_with_and_without_the_sandbox() {
     assert_eq!(results.len(), 1);
 }
 
-/// Nix #15846: two fixed-output derivations with wrong hashes produce,
-/// quickly, the content a third declares correctly and builds slowly while
-/// writing over 1 MiB of log. The wrong ones' real path is the slow one's
-/// declared path, whose lock the slow one holds. Nix 2.8 hangs here.
+/// Nix #15846 ([`scenarios::issue_15846`]), with and without
+/// `--keep-going`. Nix 2.8 hangs here.
 #[test]
 fn issue_15846_fixed_outputs_with_wrong_hashes_do_not_hang() {
-    let content = b"content-15846\n";
-    let write = "printf 'content-15846\\n' > $out";
     for mode in modes() {
         let scratch = Scratch::new();
-        let slow = fixed(
-            "fixed",
-            &format!("{}{write}", chatter(1100, "0.02")),
-            ContentAddressMethod::Flat,
-            content,
-        );
-        let bad1 = fixed(
-            "fixed",
-            &format!("sleep 0.5; {write}"),
-            ContentAddressMethod::Flat,
-            b"not the content 1",
-        );
-        let bad2 = fixed(
-            "fixed",
-            &format!("sleep 1; {write}"),
-            ContentAddressMethod::Flat,
-            b"not the content 2",
-        );
-        let slow_path = fixed_path(&slow);
-        let files = [
-            scratch.write("slow.json", &slow),
-            scratch.write("bad1.json", &bad1),
-            scratch.write("bad2.json", &bad2),
-        ];
-        let mut args = vec!["-j3", "--keep-going"];
-        args.extend_from_slice(mode);
+        let scenario = scenarios::issue_15846(Pace::Slow);
         let started = Instant::now();
-        let out = scratch.build(&args, &files);
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(102), "{mode:?}: {stderr}");
-        assert_eq!(
-            output_lines(&out),
-            std::slice::from_ref(&slow_path),
-            "{stderr}"
-        );
-        assert_eq!(
-            stderr
-                .matches("hash mismatch in fixed-output derivation")
-                .count(),
-            2,
-            "{stderr}"
-        );
-        assert!(scratch.is_valid(&slow_path));
-        let real = scratch.store().join(slow_path.trim_start_matches('/'));
-        assert_eq!(fs::read(real).unwrap(), content);
+        scenario.run(&scratch, mode);
         scratch.assert_verifies();
         eprintln!("#15846 {mode:?}: {:?}", started.elapsed());
 
         // Without --keep-going the first mismatch stops the run; it still
         // ends at once, with the same status.
         let scratch = Scratch::new();
-        let files = [
-            scratch.write("slow.json", &slow),
-            scratch.write("bad1.json", &bad1),
-            scratch.write("bad2.json", &bad2),
-        ];
-        let mut args = vec!["-j3"];
+        let files = scenario.write(&scratch);
+        let mut args = vec![scenario.jobs];
         args.extend_from_slice(mode);
         let out = scratch.build(&args, &files);
         assert_eq!(out.status.code(), Some(102), "{}", text(&out.stderr));
@@ -391,87 +86,25 @@ fn issue_15846_fixed_outputs_with_wrong_hashes_do_not_hang() {
     }
 }
 
-/// Two fixed-output derivations with the same name, each declaring the
-/// hash of the other's content: each one's real path is the other's
-/// declared path. Both fail; neither waits for the other forever.
+/// Swapped hashes ([`scenarios::swapped_hashes`]): both fail, neither
+/// waits for the other forever.
 #[test]
 fn swapped_hashes_both_fail_without_hanging() {
     for mode in modes() {
         let scratch = Scratch::new();
-        let a = fixed(
-            "swapped",
-            &format!("{}printf 'A\\n' > $out", chatter(256, "0.01")),
-            ContentAddressMethod::Flat,
-            b"B\n",
-        );
-        let b = fixed(
-            "swapped",
-            &format!("{}printf 'B\\n' > $out", chatter(384, "0.01")),
-            ContentAddressMethod::Flat,
-            b"A\n",
-        );
-        let files = [scratch.write("a.json", &a), scratch.write("b.json", &b)];
-        let mut args = vec!["-j2", "--keep-going"];
-        args.extend_from_slice(mode);
-        let out = scratch.build(&args, &files);
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(102), "{mode:?}: {stderr}");
-        assert_eq!(
-            stderr
-                .matches("hash mismatch in fixed-output derivation")
-                .count(),
-            2,
-            "{stderr}"
-        );
-        // Each content is valid under its own address, which is the other
-        // derivation's declared path.
-        assert!(scratch.is_valid(&fixed_path(&a)));
-        assert!(scratch.is_valid(&fixed_path(&b)));
+        scenarios::swapped_hashes(Pace::Slow).run(&scratch, mode);
         scratch.assert_verifies();
     }
 }
 
-/// A floating content-addressed derivation named X quickly produces the
-/// content C; a slow recursive fixed-output derivation named X declaring
-/// C's hash holds that very path. Both succeed with one valid path.
+/// Floating CA against a fixed output of the same content
+/// ([`scenarios::floating_ca_and_fixed_output`]): both succeed with one
+/// valid path.
 #[test]
 fn floating_ca_and_fixed_output_share_one_path() {
-    let content = b"shared content\n";
-    let write = "printf 'shared content\\n' > $out";
     for mode in modes() {
         let scratch = Scratch::new();
-        let fod = fixed(
-            "shared",
-            &format!("{}{write}", chatter(512, "0.01")),
-            ContentAddressMethod::Nar,
-            content,
-        );
-        let mut floating = base("shared", &format!("sleep 0.3; {write}"));
-        floating
-            .insert_output(
-                "out",
-                DerivationOutput::Floating {
-                    method: ContentAddressMethod::Nar,
-                    algo: HashAlgo::Sha256,
-                },
-            )
-            .unwrap();
-        floating.env.insert(
-            "out".to_owned(),
-            larder_builder::rewrite::hash_placeholder("out"),
-        );
-        let path = fixed_path(&fod);
-        let files = [
-            scratch.write("fod.json", &fod),
-            scratch.write("floating.json", &floating),
-        ];
-        let mut args = vec!["-j2"];
-        args.extend_from_slice(mode);
-        let out = scratch.build(&args, &files);
-        assert!(out.status.success(), "{mode:?}: {}", text(&out.stderr));
-        assert_eq!(output_lines(&out), [path.clone(), path.clone()]);
-        let real = scratch.store().join(path.trim_start_matches('/'));
-        assert_eq!(fs::read(real).unwrap(), content);
+        scenarios::floating_ca_and_fixed_output(Pace::Slow).run(&scratch, mode);
         scratch.assert_verifies();
     }
 }

@@ -52,5 +52,6 @@ usage: cargo xtask <task>
 tasks:
   ci      cargo fmt --check, clippy -D warnings, tests (nextest when installed),
           doc tests, cargo doc with warnings denied
-  bench   NAR hashing, reference scanning and lock handoff, each against a peer
-          measured in the same run (options: --quick)";
+  bench   NAR hashing, reference scanning, lock handoff, the sandbox and trivial
+          builds (up to 10,000), each against a peer measured in the same run
+          (options: --quick)";

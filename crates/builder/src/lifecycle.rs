@@ -1421,22 +1421,12 @@ fn input_closure(
             roots.insert(path.clone());
         }
     }
-    let mut closure = BTreeSet::new();
-    let mut queue: Vec<StorePath> = roots.into_iter().collect();
-    while let Some(path) = queue.pop() {
-        if closure.contains(&path) {
-            continue;
-        }
-        let info = store.query_path_info(&path).map_err(misc)?.ok_or_else(|| {
-            BuildError::misc(format!(
-                "dependency '{}' of '{drv_display}' is not valid",
-                store_dir.display(&path)
-            ))
-        })?;
-        queue.extend(info.references.into_iter().filter(|r| !closure.contains(r)));
-        closure.insert(path);
-    }
-    Ok(closure)
+    store.query_closure(&roots).map_err(|e| match e {
+        larder_local_store::Error::NotValid(path) => BuildError::misc(format!(
+            "dependency '{path}' of '{drv_display}' is not valid"
+        )),
+        other => misc(other),
+    })
 }
 
 /// Nix's `makeValidityRegistration` without derivers or hashes, for

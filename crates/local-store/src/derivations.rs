@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 
-use larder_store_core::derivation::HashModuloCache;
 use larder_store_core::{Derivation, StorePath};
 
 use crate::error::{Error, IoContext, Result};
@@ -45,9 +44,8 @@ impl LocalStore {
     /// When an input is not valid, an output path or output variable is
     /// wrong, or writing fails.
     pub fn write_derivation(&self, drv: &Derivation) -> Result<PathInfo> {
-        let mut cache = HashModuloCache::new(self.store_dir().clone());
         let mut source = |p: &StorePath| self.read_derivation(p);
-        drv.check_output_paths(&mut cache, &mut source)
+        drv.check_output_paths(&mut self.hash_cache(), &mut source)
             .map_err(|source| Error::BadDerivation {
                 path: self.print_path(&drv.drv_path(self.store_dir())),
                 source,
@@ -87,9 +85,8 @@ impl LocalStore {
         for name in missing {
             drv.env.insert(name, String::new());
         }
-        let mut cache = HashModuloCache::new(self.store_dir().clone());
         let mut source = |p: &StorePath| self.read_derivation(p);
-        drv.fill_in_output_paths(&mut cache, &mut source)
+        drv.fill_in_output_paths(&mut self.hash_cache(), &mut source)
             .map_err(|source| Error::BadDerivation {
                 path: format!("{}.drv", drv.name()),
                 source,

@@ -64,6 +64,11 @@ pub struct LocalStore {
     layout: StoreLayout,
     settings: StoreSettings,
     db: Mutex<Db>,
+    /// Hash modulo of the derivations checked so far, by `.drv` path.
+    /// Sound for the store's lifetime, since a `.drv` path is a hash of its
+    /// contents; without it, checking each derivation of a deep DAG would
+    /// hash its whole input closure again (quadratic in the DAG's size).
+    hash_cache: Mutex<larder_store_core::derivation::HashModuloCache>,
     // Held for the store's lifetime: the shared big lock.
     _big_lock: FileLock,
 }
@@ -152,10 +157,13 @@ impl LocalStore {
                 });
             }
         };
+        let hash_cache =
+            larder_store_core::derivation::HashModuloCache::new(layout.store_dir().clone());
         let store = Self {
             layout,
             settings,
             db: Mutex::new(db),
+            hash_cache: Mutex::new(hash_cache),
             _big_lock: big_lock,
         };
         store.sweep_scratch();
@@ -215,6 +223,29 @@ impl LocalStore {
     /// When the database fails or its row does not parse.
     pub fn query_path_info(&self, path: &StorePath) -> Result<Option<PathInfo>> {
         self.db().path_info(path)
+    }
+
+    /// The closure of `roots`: them and every path they refer to, directly
+    /// or not (Nix's `computeFSClosure`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotValid`] naming a root that is not valid, or when the
+    /// database fails.
+    pub fn query_closure(&self, roots: &BTreeSet<StorePath>) -> Result<BTreeSet<StorePath>> {
+        let db = self.db();
+        let mut closure = BTreeSet::new();
+        for root in roots {
+            if closure.contains(root) {
+                continue;
+            }
+            let found = db.closure(root)?;
+            if !found.contains(root) {
+                return Err(Error::NotValid(self.print_path(root)));
+            }
+            closure.extend(found);
+        }
+        Ok(closure)
     }
 
     /// A valid path's metadata.
@@ -338,6 +369,17 @@ impl LocalStore {
         let existed = fs::symlink_metadata(&real).is_ok();
         fsutil::delete_path(&real)?;
         Ok(existed)
+    }
+
+    /// The hash modulo cache of the derivations this store has checked.
+    pub(crate) fn hash_cache(
+        &self,
+    ) -> MutexGuard<'_, larder_store_core::derivation::HashModuloCache> {
+        // A panic mid-computation leaves only complete entries behind: an
+        // entry is inserted once its hash is known.
+        self.hash_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn db(&self) -> MutexGuard<'_, Db> {
