@@ -53,10 +53,14 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
 
     let mut rows = Vec::new();
     let scale = if quick { 10 } else { 1 };
-    let large = work.join("large-files");
-    generate_large_files(&large, 200 / scale)?;
-    let small = work.join("small-files");
-    generate_small_files(&small, 20_000 / scale)?;
+    // The folders are named by size, so a `--quick` run's smaller trees
+    // are never measured as the full ones.
+    let large_mb = 200 / scale;
+    let large = work.join(format!("large-files-{large_mb}mb"));
+    generate_large_files(&large, large_mb)?;
+    let small_count = 20_000 / scale;
+    let small = work.join(format!("small-files-{small_count}"));
+    generate_small_files(&small, small_count)?;
     for (label, tree) in [("large files", &large), ("small files", &small)] {
         nar_hash_rows(&larder, label, tree, &work, reps, &mut rows)?;
     }
@@ -247,11 +251,15 @@ fn parse_figure(line: &str) -> Option<Row> {
     ) {
         (Some(peer), Some(theirs)) => (
             format!("{peer}: {theirs:.3} {unit}"),
-            speedup(if lower_is_better(unit) {
-                theirs / ours
+            if is_memory(unit) {
+                lighter(theirs / ours)
             } else {
-                ours / theirs
-            }),
+                speedup(if lower_is_better(unit) {
+                    theirs / ours
+                } else {
+                    ours / theirs
+                })
+            },
         ),
         (Some(peer), None) => (format!("{peer}: missing"), String::new()),
         _ => ("none (absolute target)".to_owned(), String::new()),
@@ -302,13 +310,36 @@ fn lower_is_better(unit: &str) -> bool {
     )
 }
 
+/// Whether `unit` measures memory.
+fn is_memory(unit: &str) -> bool {
+    matches!(unit, "MiB" | "MB" | "KiB" | "GiB")
+}
+
 /// A ratio of larder's speed to the peer's, said in words so that its
 /// direction is never in doubt.
 fn speedup(ratio: f64) -> String {
     if ratio >= 1.0 {
-        format!("{ratio:.2}x faster")
+        format!("{} faster", times(ratio))
     } else {
-        format!("{:.2}x slower", 1.0 / ratio)
+        format!("{} slower", times(1.0 / ratio))
+    }
+}
+
+/// A ratio of the peer's memory to larder's, in words.
+fn lighter(ratio: f64) -> String {
+    if ratio >= 1.0 {
+        format!("{} less memory", times(ratio))
+    } else {
+        format!("{} more memory", times(1.0 / ratio))
+    }
+}
+
+/// `2.27x`, or `961x` once the decimals say nothing.
+fn times(ratio: f64) -> String {
+    if ratio >= 100.0 {
+        format!("{ratio:.0}x")
+    } else {
+        format!("{ratio:.2}x")
     }
 }
 
