@@ -10,19 +10,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use futures::executor::{LocalPool, block_on};
 use futures::task::LocalSpawnExt;
+use larder_pathlocks::test_support::{thread_sleep, yield_now};
 use larder_pathlocks::{
     Blocker, Holder, Owner, TryLockError, lock, lock_blocking, lock_file_path, snapshot, try_lock,
 };
@@ -558,53 +555,4 @@ fn rustix_access_writable(path: &Path) -> bool {
         .is_ok();
     let _ = fs::remove_file(&probe);
     writable
-}
-
-/// A sleep future completed by a helper thread: the caller's timer in
-/// these tests (the worker's event loop provides its own).
-struct ThreadSleep {
-    state: Arc<Mutex<(bool, Option<Waker>)>>,
-}
-
-fn thread_sleep(duration: Duration) -> ThreadSleep {
-    let state = Arc::new(Mutex::new((false, None::<Waker>)));
-    let shared = Arc::clone(&state);
-    thread::spawn(move || {
-        thread::sleep(duration);
-        let mut state = shared.lock().unwrap();
-        state.0 = true;
-        if let Some(waker) = state.1.take() {
-            waker.wake();
-        }
-    });
-    ThreadSleep { state }
-}
-
-impl Future for ThreadSleep {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut state = self.state.lock().unwrap();
-        if state.0 {
-            Poll::Ready(())
-        } else {
-            state.1 = Some(cx.waker().clone());
-            Poll::Pending
-        }
-    }
-}
-
-/// Lets the other tasks of the pool run once.
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    })
-    .await;
 }

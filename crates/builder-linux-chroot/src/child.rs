@@ -227,17 +227,9 @@ fn setup_and_exec(plan: &ChildPlan<'_>, fds: ChildFds) -> Result<Never, Failure>
     }
 
     rustix::process::setsid().map_err(at(Step::Session))?;
-    // SAFETY: the three descriptors are open in the child, inherited from the
+    // SAFETY: both descriptors are open in the child, inherited from the
     // parent, which keeps its copies open until the child is released.
-    let (stdin, log) = unsafe {
-        (
-            BorrowedFd::borrow_raw(fds.stdin),
-            BorrowedFd::borrow_raw(fds.log_write),
-        )
-    };
-    rustix::stdio::dup2_stdin(stdin).map_err(at(Step::Stdio))?;
-    rustix::stdio::dup2_stdout(log).map_err(at(Step::Stdio))?;
-    rustix::stdio::dup2_stderr(log).map_err(at(Step::Stdio))?;
+    unsafe { redirect_stdio(fds.stdin, fds.log_write) }.map_err(at(Step::Stdio))?;
 
     if plan.private_network {
         loopback_up().map_err(at(Step::Loopback))?;
@@ -246,11 +238,7 @@ fn setup_and_exec(plan: &ChildPlan<'_>, fds: ChildFds) -> Result<Never, Failure>
     rustix::system::setdomainname(SANDBOX_DOMAINNAME.as_bytes()).map_err(at(Step::Hostname))?;
 
     // Keep every mount below private, so nothing propagates to the host.
-    rustix::mount::mount_change(
-        c"/",
-        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
-    )
-    .map_err(at(Step::PrivateRoot))?;
+    make_mounts_private().map_err(at(Step::PrivateRoot))?;
     // Modes in the ops are exact.
     rustix::process::umask(Mode::empty());
     let mut tree = None;
@@ -284,27 +272,69 @@ fn setup_and_exec(plan: &ChildPlan<'_>, fds: ChildFds) -> Result<Never, Failure>
     rustix::process::umask(Mode::from_raw_mode(0o022));
     rustix::thread::set_no_new_privs(true).map_err(at(Step::NoNewPrivileges))?;
 
-    // As `std::process::Command` does, and as a Nix builder starts: no
-    // blocked signals, and SIGPIPE back to its default (Rust programs ignore
-    // it, and an ignored signal stays ignored across `execve`, so a builder
-    // would see EPIPE where a pipeline expects to be killed).
-    // SAFETY: `sigemptyset` writes the set it is given; `sigprocmask` and
-    // `signal` take no pointers the child does not own, and both are
-    // async-signal-safe.
+    reset_signals().map_err(at(Step::Signals))?;
+    // Descriptors the parent opened without close-on-exec (by other threads,
+    // or libraries) must not reach the builder: a directory descriptor is a
+    // way out of the chroot.
+    mark_inherited_fds_cloexec().map_err(at(Step::CloseFds))?;
+
+    // SAFETY: the program path is a valid C string, and `argv`/`envp` are
+    // NUL-terminated arrays of pointers into C strings the plan owns, which
+    // outlive this call.
+    unsafe { libc::execve(plan.program.as_ptr(), plan.argv(), plan.envp()) };
+    Err(Failure::new(Step::Exec, 0, last_errno()))
+}
+
+// The steps below are shared with the relocating builder's child
+// (`relocate.rs`). Like everything a child of `clone` runs, none of them
+// allocates or takes a lock: each is a system call on data prepared before
+// the `clone`.
+
+/// Makes stdin `stdin` and both stdout and stderr `log`.
+///
+/// # Safety
+///
+/// Both descriptors must be open in the calling process for the whole
+/// call.
+pub(crate) unsafe fn redirect_stdio(stdin: RawFd, log: RawFd) -> rustix::io::Result<()> {
+    // SAFETY: the caller promises that both descriptors are open throughout.
+    let (stdin, log) = unsafe { (BorrowedFd::borrow_raw(stdin), BorrowedFd::borrow_raw(log)) };
+    rustix::stdio::dup2_stdin(stdin)?;
+    rustix::stdio::dup2_stdout(log)?;
+    rustix::stdio::dup2_stderr(log)
+}
+
+/// Makes every mount of this (new) mount namespace private, so that
+/// nothing mounted in it propagates to the host's.
+pub(crate) fn make_mounts_private() -> rustix::io::Result<()> {
+    rustix::mount::mount_change(
+        c"/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+}
+
+/// As `std::process::Command` does, and as a Nix builder starts: no
+/// blocked signals, and SIGPIPE back to its default (Rust programs ignore
+/// it, and an ignored signal stays ignored across `execve`, so a builder
+/// would see EPIPE where a pipeline expects to be killed).
+pub(crate) fn reset_signals() -> Result<(), Errno> {
+    // SAFETY: `sigemptyset` writes the set it is given, which lives on this
+    // stack frame; `sigprocmask` and `signal` take no pointers but that set
+    // and a null one, and both are async-signal-safe.
     let reset = unsafe {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == 0
             && libc::signal(libc::SIGPIPE, libc::SIG_DFL) != libc::SIG_ERR
     };
-    if !reset {
-        return Err(Failure::new(Step::Signals, 0, last_errno()));
-    }
+    if reset { Ok(()) } else { Err(last_errno()) }
+}
 
-    // Descriptors the parent opened without close-on-exec (by other threads,
-    // or libraries) must not reach the builder: a directory descriptor is a
-    // way out of the chroot. Marking them close-on-exec (rather than closing)
-    // keeps the error pipe usable until `execve`.
+/// Marks every descriptor above stderr close-on-exec: those opened without
+/// it (by other threads, or libraries) must not reach the builder. Marking
+/// them, rather than closing them, keeps the error pipe usable until
+/// `execve`.
+pub(crate) fn mark_inherited_fds_cloexec() -> Result<(), Errno> {
     // SAFETY: `close_range` takes no pointers.
     let marked = unsafe {
         libc::syscall(
@@ -314,19 +344,15 @@ fn setup_and_exec(plan: &ChildPlan<'_>, fds: ChildFds) -> Result<Never, Failure>
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
-    if marked != 0 {
-        return Err(Failure::new(Step::CloseFds, 0, last_errno()));
+    if marked == 0 {
+        Ok(())
+    } else {
+        Err(last_errno())
     }
-
-    // SAFETY: the program path is a valid C string, and `argv`/`envp` are
-    // NUL-terminated arrays of pointers into C strings the plan owns, which
-    // outlive this call.
-    unsafe { libc::execve(plan.program.as_ptr(), plan.argv(), plan.envp()) };
-    Err(Failure::new(Step::Exec, 0, last_errno()))
 }
 
 /// The errno of the last failed libc call. Reading it allocates nothing.
-fn last_errno() -> Errno {
+pub(crate) fn last_errno() -> Errno {
     let raw = std::io::Error::last_os_error().raw_os_error();
     Errno::from_raw_os_error(raw.unwrap_or(libc::EINVAL))
 }

@@ -69,7 +69,9 @@ impl<'a> ChildPlan<'a> {
     }
 }
 
-fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+/// Pointers to `strings` followed by a null one, as `execve` takes them;
+/// they point into `strings`, which must outlive their use.
+pub(crate) fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
     strings
         .iter()
         .map(|s| s.as_ptr())

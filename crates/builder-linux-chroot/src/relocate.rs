@@ -18,7 +18,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -28,12 +28,12 @@ use larder_builder::{
 };
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
-use rustix::mount::MountPropagationFlags;
 use rustix::pipe::PipeFlags;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
 
 use crate::child;
-use crate::spawn::clone_raw;
+use crate::plan::null_terminated;
+use crate::spawn::{clone_raw, read_full};
 
 /// The generic builder, with the store relocated by a mount namespace the
 /// child makes itself instead of through `unshare(1)` (see the module
@@ -211,14 +211,6 @@ impl Plan {
     }
 }
 
-fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
-    strings
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect()
-}
-
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| {
         io::Error::new(
@@ -311,19 +303,6 @@ fn decode(record: &[u8; RECORD_BYTES]) -> Option<(Step, Errno)> {
     Some((step, Errno::from_raw_os_error(i32::from_ne_bytes(word))))
 }
 
-fn read_full(fd: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match rustix::io::read(fd, &mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(Errno::INTR) => {}
-            Err(errno) => return Err(errno.into()),
-        }
-    }
-    Ok(filled)
-}
-
 /// Runs in the child right after `clone`. As in the sandbox's child
 /// (`child.rs`), nothing here allocates or takes a lock: every call is a
 /// system call on data the plan prepared.
@@ -358,11 +337,7 @@ fn setup_and_exec(plan: &Plan, fds: Fds) -> Result<Never, (Step, Errno)> {
         }
     }
     // Nothing mounted here may reach the host's namespace.
-    rustix::mount::mount_change(
-        c"/",
-        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
-    )
-    .map_err(at(Step::PrivateRoot))?;
+    child::make_mounts_private().map_err(at(Step::PrivateRoot))?;
     rustix::mount::mount_bind(plan.real_store.as_c_str(), plan.logical_store.as_c_str())
         .map_err(at(Step::BindStore))?;
 
@@ -370,50 +345,14 @@ fn setup_and_exec(plan: &Plan, fds: Fds) -> Result<Never, (Step, Errno)> {
     // builder and whatever it started as one group.
     rustix::process::setpgid(None, None).map_err(at(Step::ProcessGroup))?;
 
-    // As `std::process::Command` does: no blocked signals, and SIGPIPE back
-    // to its default (Rust programs ignore it, and an ignored signal stays
-    // ignored across `execve`).
-    // SAFETY: `sigemptyset` writes the set it is given; `sigprocmask` and
-    // `signal` take no pointers the child does not own, and both are
-    // async-signal-safe.
-    let reset = unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == 0
-            && libc::signal(libc::SIGPIPE, libc::SIG_DFL) != libc::SIG_ERR
-    };
-    if !reset {
-        return Err((Step::Signals, last_errno()));
-    }
+    child::reset_signals().map_err(at(Step::Signals))?;
 
-    // SAFETY: the descriptors are open in the child, inherited from the
+    // SAFETY: both descriptors are open in the child, inherited from the
     // parent, which keeps its copies open until `clone` returned.
-    let (stdin, log) = unsafe {
-        (
-            BorrowedFd::borrow_raw(fds.stdin),
-            BorrowedFd::borrow_raw(fds.log_write),
-        )
-    };
-    rustix::stdio::dup2_stdin(stdin).map_err(at(Step::Stdio))?;
-    rustix::stdio::dup2_stdout(log).map_err(at(Step::Stdio))?;
-    rustix::stdio::dup2_stderr(log).map_err(at(Step::Stdio))?;
+    unsafe { child::redirect_stdio(fds.stdin, fds.log_write) }.map_err(at(Step::Stdio))?;
     rustix::process::chdir(plan.working_dir.as_c_str()).map_err(at(Step::WorkingDir))?;
 
-    // Descriptors another thread opened without close-on-exec must not
-    // reach the builder; marking them (rather than closing) keeps the error
-    // pipe usable until `execve`.
-    // SAFETY: `close_range` takes no pointers.
-    let marked = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    if marked != 0 {
-        return Err((Step::CloseFds, last_errno()));
-    }
+    child::mark_inherited_fds_cloexec().map_err(at(Step::CloseFds))?;
 
     // SAFETY: the program path is a valid C string, and `argv`/`envp` are
     // NUL-terminated arrays of pointers into C strings the plan owns, which
@@ -425,13 +364,7 @@ fn setup_and_exec(plan: &Plan, fds: Fds) -> Result<Never, (Step, Errno)> {
             plan.envp.as_ptr(),
         )
     };
-    Err((Step::Exec, last_errno()))
-}
-
-/// The errno of the last failed libc call; reading it allocates nothing.
-fn last_errno() -> Errno {
-    let raw = io::Error::last_os_error().raw_os_error();
-    Errno::from_raw_os_error(raw.unwrap_or(libc::EINVAL))
+    Err((Step::Exec, child::last_errno()))
 }
 
 #[cfg(test)]

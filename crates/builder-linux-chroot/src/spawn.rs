@@ -389,7 +389,7 @@ fn open_namespace(pid: Pid, kind: &str) -> Result<OwnedFd, SandboxError> {
 }
 
 /// Reads until `buffer` is full or EOF; returns the bytes read.
-fn read_full(fd: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full(fd: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buffer.len() {
         match rustix::io::read(fd, &mut buffer[filled..]) {

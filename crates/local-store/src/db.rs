@@ -93,18 +93,10 @@ impl Db {
     }
 
     pub(crate) fn referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "select path from Refs join ValidPaths on referrer = id where reference = (select id from ValidPaths where path = ?)",
-            )
-            .map_err(|e| self.wrap(e))?;
-        let rows = stmt
-            .query_map([self.store_dir.display(path)], |row| {
-                row.get::<_, String>(0)
-            })
-            .map_err(|e| self.wrap(e))?;
-        self.parse_paths(rows)
+        self.paths_of_path(
+            "select path from Refs join ValidPaths on referrer = id where reference = (select id from ValidPaths where path = ?)",
+            path,
+        )
     }
 
     /// `path` and every valid path it refers to, directly or not: one
@@ -140,12 +132,16 @@ impl Db {
     }
 
     pub(crate) fn valid_derivers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "select v.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where d.path = ?",
-            )
-            .map_err(|e| self.wrap(e))?;
+        self.paths_of_path(
+            "select v.path from DerivationOutputs d join ValidPaths v on d.drv = v.id where d.path = ?",
+            path,
+        )
+    }
+
+    /// The store paths `sql` selects (one column) given `path` as its one
+    /// parameter.
+    fn paths_of_path(&self, sql: &str, path: &StorePath) -> Result<BTreeSet<StorePath>> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.wrap(e))?;
         let rows = stmt
             .query_map([self.store_dir.display(path)], |row| {
                 row.get::<_, String>(0)

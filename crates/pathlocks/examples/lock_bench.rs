@@ -16,18 +16,15 @@
 //! The child process is this binary run again with `--child MODE PATH`.
 
 use std::cell::Cell;
-use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::executor::{LocalPool, block_on};
 use futures::task::LocalSpawnExt;
+use larder_pathlocks::test_support::thread_sleep;
 use larder_pathlocks::{Owner, lock, lock_blocking, try_lock};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -173,43 +170,4 @@ fn report(name: &str, samples: &[Duration]) {
         at(1.0),
         micros.len()
     );
-}
-
-/// The example's timer: a sleep completed by a helper thread (the worker
-/// passes a timer of its own event loop instead).
-struct ThreadSleep {
-    state: Arc<Mutex<(bool, Option<Waker>)>>,
-}
-
-fn thread_sleep(duration: Duration) -> ThreadSleep {
-    let state = Arc::new(Mutex::new((false, None::<Waker>)));
-    let shared = Arc::clone(&state);
-    std::thread::spawn(move || {
-        std::thread::sleep(duration);
-        let mut state = shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        state.0 = true;
-        if let Some(waker) = state.1.take() {
-            waker.wake();
-        }
-    });
-    ThreadSleep { state }
-}
-
-impl Future for ThreadSleep {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.0 {
-            Poll::Ready(())
-        } else {
-            state.1 = Some(cx.waker().clone());
-            Poll::Pending
-        }
-    }
 }

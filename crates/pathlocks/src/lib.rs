@@ -14,6 +14,8 @@
 //! - [`snapshot`]: who holds what and who waits for what ([`LockSnapshot`]),
 //!   for wait-for-graph cycle checks and "waiting for lock" messages.
 //! - [`lock_file_path`]: the lock file Nix uses for a path.
+//! - `test_support` (feature `test-support`): a thread-based timer and
+//!   `yield_now`, for tests and examples.
 //!
 //! # Invariants
 //!
@@ -61,9 +63,10 @@ mod lock_file;
 mod owner;
 mod snapshot;
 mod table;
-#[cfg(test)]
-mod test_support;
 mod wait;
+
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 
 pub use acquire::{lock_blocking, try_lock};
 pub use error::{Busy, Error, Holder, TryLockError};

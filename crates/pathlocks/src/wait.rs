@@ -242,7 +242,7 @@ mod tests {
 
     use super::*;
     use crate::test_support::{
-        foreign_can_lock, foreign_lock, no_timer, open_descriptors, thread_sleep,
+        foreign_can_lock, foreign_lock, no_timer, open_descriptors, thread_sleep, yield_now,
     };
     use crate::{snapshot, try_lock};
 
@@ -256,21 +256,6 @@ mod tests {
             })
             .unwrap();
         output
-    }
-
-    /// Lets the other tasks of the pool run once.
-    async fn yield_now() {
-        let mut yielded = false;
-        std::future::poll_fn(|cx| {
-            if yielded {
-                Poll::Ready(())
-            } else {
-                yielded = true;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        })
-        .await;
     }
 
     #[test]

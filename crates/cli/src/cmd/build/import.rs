@@ -111,10 +111,7 @@ impl<'a> Importer<'a> {
         if self.checked.contains(path) || self.is_valid(path)? {
             return Ok(());
         }
-        let drv = match self.given.get(path) {
-            Some(drv) => drv.clone(),
-            None => self.read_from_folder(path)?,
-        };
+        let drv = self.given_or_from_folder(path)?;
         self.check_inputs(&drv)?;
         self.checked.insert(path.clone());
         Ok(())
@@ -123,13 +120,7 @@ impl<'a> Importer<'a> {
     /// Checks, writing nothing, that the inputs of `drv` are valid or can
     /// be imported (see [`Importer::check_derivation`]).
     pub(super) fn check_inputs(&mut self, drv: &Derivation) -> Result<()> {
-        for input in drv.input_drvs.keys() {
-            self.check_derivation(input)?;
-        }
-        for source in &drv.input_srcs {
-            self.check_source(source)?;
-        }
-        Ok(())
+        self.visit_inputs(drv, Pass::Check)
     }
 
     /// Checks, writing nothing, that the source `path` is valid or found in
@@ -140,22 +131,7 @@ impl<'a> Importer<'a> {
         if self.checked.contains(path) || self.is_valid(path)? {
             return Ok(());
         }
-        let shown = self.store.print_path(path);
-        if !self.active.insert(path.clone()) {
-            bail!("input source '{shown}' refers to itself through other sources");
-        }
-        let file = self.find(path)?;
-        let mut references = BTreeSet::new();
-        for candidate in self.mentioned_paths(&file, path)? {
-            if self.is_valid(&candidate)? || self.locate(&candidate).is_some() {
-                if candidate.name().ends_with(".drv") {
-                    self.check_derivation(&candidate)?;
-                } else {
-                    self.check_source(&candidate)?;
-                }
-                references.insert(candidate);
-            }
-        }
+        let (file, references) = self.source_references(path, Pass::Check)?;
         self.active.remove(path);
         let store_dir = self.store.store_dir();
         let meta =
@@ -183,6 +159,7 @@ impl<'a> Importer<'a> {
             &references,
         )?;
         if computed != *path {
+            let shown = self.store.print_path(path);
             bail!(
                 "'{}' does not hash to the input source '{shown}' as a text or a NAR-hashed path",
                 file.display()
@@ -194,12 +171,7 @@ impl<'a> Importer<'a> {
 
     /// Writes `drv` to the store after its inputs, and returns its path.
     pub(super) fn add_derivation(&mut self, drv: &Derivation) -> Result<StorePath> {
-        for input in drv.input_drvs.keys() {
-            self.ensure_derivation(input)?;
-        }
-        for source in &drv.input_srcs {
-            self.ensure_source(source)?;
-        }
+        self.visit_inputs(drv, Pass::Write)?;
         let store_dir = self.store.store_dir();
         let path = drv.drv_path(store_dir);
         if self.is_valid(&path)? {
@@ -219,12 +191,18 @@ impl<'a> Importer<'a> {
         if self.is_valid(path)? {
             return Ok(());
         }
-        let drv = match self.given.get(path) {
-            Some(drv) => drv.clone(),
-            None => self.read_from_folder(path)?,
-        };
+        let drv = self.given_or_from_folder(path)?;
         self.add_derivation(&drv)?;
         Ok(())
+    }
+
+    /// The derivation `path`: the one given on the command line, else the
+    /// one read from the folders.
+    fn given_or_from_folder(&self, path: &StorePath) -> Result<Derivation> {
+        match self.given.get(path) {
+            Some(drv) => Ok(drv.clone()),
+            None => self.read_from_folder(path),
+        }
     }
 
     /// Reads the `.drv` file of `path` from the folders, verified.
@@ -253,22 +231,7 @@ impl<'a> Importer<'a> {
         if self.is_valid(path)? {
             return Ok(());
         }
-        let shown = self.store.print_path(path);
-        if !self.active.insert(path.clone()) {
-            bail!("input source '{shown}' refers to itself through other sources");
-        }
-        let file = self.find(path)?;
-        let mut references = BTreeSet::new();
-        for candidate in self.mentioned_paths(&file, path)? {
-            if self.is_valid(&candidate)? || self.locate(&candidate).is_some() {
-                if candidate.name().ends_with(".drv") {
-                    self.ensure_derivation(&candidate)?;
-                } else {
-                    self.ensure_source(&candidate)?;
-                }
-                references.insert(candidate);
-            }
-        }
+        let (file, references) = self.source_references(path, Pass::Write)?;
         let meta =
             fs::symlink_metadata(&file).with_context(|| format!("reading '{}'", file.display()))?;
         let mut methods = vec![ContentAddressMethod::Nar];
@@ -291,10 +254,67 @@ impl<'a> Importer<'a> {
             }
         }
         let detail = last_error.map(|e| format!(": {e}")).unwrap_or_default();
+        let shown = self.store.print_path(path);
         bail!(
             "'{}' does not hash to the input source '{shown}' as a text or a NAR-hashed path{detail}",
             file.display()
         )
+    }
+
+    /// Checks or imports, as `pass` says, the inputs of `drv`: its input
+    /// derivations, then its input sources.
+    fn visit_inputs(&mut self, drv: &Derivation, pass: Pass) -> Result<()> {
+        for input in drv.input_drvs.keys() {
+            self.visit_derivation(input, pass)?;
+        }
+        for source in &drv.input_srcs {
+            self.visit_source(source, pass)?;
+        }
+        Ok(())
+    }
+
+    /// Checks or imports, as `pass` says, the derivation `path`.
+    fn visit_derivation(&mut self, path: &StorePath, pass: Pass) -> Result<()> {
+        match pass {
+            Pass::Check => self.check_derivation(path),
+            Pass::Write => self.ensure_derivation(path),
+        }
+    }
+
+    /// Checks or imports, as `pass` says, the source `path`.
+    fn visit_source(&mut self, path: &StorePath, pass: Pass) -> Result<()> {
+        match pass {
+            Pass::Check => self.check_source(path),
+            Pass::Write => self.ensure_source(path),
+        }
+    }
+
+    /// Starts on the source `path`: marks it active (refusing a cycle of
+    /// sources), finds its file, and checks or imports, as `pass` says,
+    /// each store path it mentions that is valid or can be found, which
+    /// become its references. The caller unmarks it when done.
+    fn source_references(
+        &mut self,
+        path: &StorePath,
+        pass: Pass,
+    ) -> Result<(PathBuf, BTreeSet<StorePath>)> {
+        if !self.active.insert(path.clone()) {
+            let shown = self.store.print_path(path);
+            bail!("input source '{shown}' refers to itself through other sources");
+        }
+        let file = self.find(path)?;
+        let mut references = BTreeSet::new();
+        for candidate in self.mentioned_paths(&file, path)? {
+            if self.is_valid(&candidate)? || self.locate(&candidate).is_some() {
+                if candidate.name().ends_with(".drv") {
+                    self.visit_derivation(&candidate, pass)?;
+                } else {
+                    self.visit_source(&candidate, pass)?;
+                }
+                references.insert(candidate);
+            }
+        }
+        Ok((file, references))
     }
 
     fn is_valid(&mut self, path: &StorePath) -> Result<bool> {
@@ -361,6 +381,16 @@ impl<'a> Importer<'a> {
         }
         Ok(found)
     }
+}
+
+/// What a walk over a derivation's inputs does with each: only check that
+/// it can be imported, or import it.
+#[derive(Clone, Copy)]
+enum Pass {
+    /// Check, writing nothing.
+    Check,
+    /// Make valid, writing to the store.
+    Write,
 }
 
 /// Input derivations for computing output paths: given on the command
