@@ -862,8 +862,11 @@ fn misbehaving_builds(sandbox: bool) {
                 let error = errors
                     .iter()
                     .find(|e| {
-                        e.contains(&format!("-{}.drv'", case.name))
-                            || (case.name == "fifo" && e.contains("-fifo.drv' rejected"))
+                        // Only an error's first line names its build: the
+                        // lines after it may be progress lines of others.
+                        let first = e.lines().next().unwrap_or_default();
+                        first.contains(&format!("-{}.drv'", case.name))
+                            || (case.name == "fifo" && first.contains("-fifo.drv' rejected"))
                     })
                     .unwrap_or_else(|| panic!("{label}: no error for '{}':\n{stderr}", case.name));
                 for text in *texts {
