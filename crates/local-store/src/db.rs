@@ -99,17 +99,13 @@ impl Db {
         )
     }
 
-    /// `path` and every valid path it refers to, directly or not: one
-    /// recursive query, so that a deep closure costs one statement rather
-    /// than one read transaction per path. Empty when `path` is not valid.
-    pub(crate) fn closure(&self, path: &StorePath) -> Result<BTreeSet<StorePath>> {
+    /// The paths that the valid `path` refers to (empty when it is not
+    /// valid).
+    pub(crate) fn references(&self, path: &StorePath) -> Result<BTreeSet<StorePath>> {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "with recursive closure(id) as (\
-                   select id from ValidPaths where path = ?1 \
-                   union select reference from Refs join closure on referrer = closure.id) \
-                 select path from ValidPaths join closure using (id)",
+                "select path from Refs join ValidPaths on reference = id where referrer = (select id from ValidPaths where path = ?)",
             )
             .map_err(|e| self.wrap(e))?;
         let rows = stmt

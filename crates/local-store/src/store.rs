@@ -1,9 +1,9 @@
 //! [`LocalStore`]: opening a store, querying and registering valid paths.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use larder_store_core::{StoreDir, StorePath};
 
@@ -69,6 +69,13 @@ pub struct LocalStore {
     /// contents; without it, checking each derivation of a deep DAG would
     /// hash its whole input closure again (quadratic in the DAG's size).
     hash_cache: Mutex<larder_store_core::derivation::HashModuloCache>,
+    /// References of valid paths read or registered by this handle, as
+    /// Nix's path info cache keeps them: a build's input closure is then
+    /// walked in memory, where one query over the whole closure per build
+    /// made each build of a deep DAG cost time in the size of the DAG.
+    /// An entry is dropped when this handle registers or invalidates its
+    /// path (references only grow while a path stays valid).
+    references: Mutex<HashMap<StorePath, Arc<[StorePath]>>>,
     // Held for the store's lifetime: the shared big lock.
     _big_lock: FileLock,
 }
@@ -164,6 +171,7 @@ impl LocalStore {
             settings,
             db: Mutex::new(db),
             hash_cache: Mutex::new(hash_cache),
+            references: Mutex::new(HashMap::new()),
             _big_lock: big_lock,
         };
         store.sweep_scratch();
@@ -234,16 +242,36 @@ impl LocalStore {
     /// database fails.
     pub fn query_closure(&self, roots: &BTreeSet<StorePath>) -> Result<BTreeSet<StorePath>> {
         let db = self.db();
+        let mut known = self.known_references();
         let mut closure = BTreeSet::new();
+        let mut stack: Vec<StorePath> = Vec::new();
         for root in roots {
             if closure.contains(root) {
                 continue;
             }
-            let found = db.closure(root)?;
-            if !found.contains(root) {
+            // Roots are checked in the database every time; what a valid
+            // path refers to is valid too, so the rest of the walk may
+            // trust the cache.
+            if !db.is_valid(root)? {
                 return Err(Error::NotValid(self.print_path(root)));
             }
-            closure.extend(found);
+            stack.push(root.clone());
+            while let Some(path) = stack.pop() {
+                if closure.contains(&path) {
+                    continue;
+                }
+                let references = match known.get(&path) {
+                    Some(references) => Arc::clone(references),
+                    None => {
+                        let references: Arc<[StorePath]> =
+                            db.references(&path)?.into_iter().collect();
+                        known.insert(path.clone(), Arc::clone(&references));
+                        references
+                    }
+                };
+                stack.extend(references.iter().filter(|r| !closure.contains(*r)).cloned());
+                closure.insert(path);
+            }
         }
         Ok(closure)
     }
@@ -341,7 +369,9 @@ impl LocalStore {
             fsutil::sync_dir(&self.layout.real_store_dir())?;
         }
         let drv_outputs = self.read_drv_outputs(infos, drv_outputs)?;
-        self.db().register(infos, &drv_outputs)
+        let registered = self.db().register(infos, &drv_outputs);
+        self.forget_references(infos.iter().map(|info| &info.path));
+        registered
     }
 
     /// Removes a valid path from the database (not from disk). Refuses
@@ -351,7 +381,9 @@ impl LocalStore {
     ///
     /// [`Error::PathInUse`] when it has referrers, or when the database fails.
     pub fn invalidate_path(&self, path: &StorePath) -> Result<bool> {
-        self.db().invalidate_checked(path)
+        let invalidated = self.db().invalidate_checked(path);
+        self.forget_references([path]);
+        invalidated
     }
 
     /// Deletes the leftover contents of a path that is not valid (an
@@ -380,6 +412,22 @@ impl LocalStore {
         self.hash_cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cache of references (taken after [`LocalStore::db`] when both
+    /// are held).
+    fn known_references(&self) -> MutexGuard<'_, HashMap<StorePath, Arc<[StorePath]>>> {
+        self.references
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Drops the cached references of `paths`, whose registration changed.
+    fn forget_references<'p>(&self, paths: impl IntoIterator<Item = &'p StorePath>) {
+        let mut known = self.known_references();
+        for path in paths {
+            known.remove(path);
+        }
     }
 
     pub(crate) fn db(&self) -> MutexGuard<'_, Db> {
@@ -595,6 +643,36 @@ mod tests {
         // Reopening, also while the first handle is open, works.
         let again = LocalStore::open(layout.root()).expect("reopens");
         assert!(again.query_all_valid_paths().expect("query").is_empty());
+    }
+
+    #[test]
+    fn closures_follow_registration_and_invalidation() {
+        let (_dir, store) = temp_store();
+        let a = put_file(&store, "a", b"a");
+        let mut b = put_file(&store, "b", b"b");
+        let c = put_file(&store, "c", b"c");
+        store
+            .register_paths(&[a.clone(), c.clone()])
+            .expect("registers");
+        b.references = [a.path.clone()].into();
+        store.register_paths(&[b.clone()]).expect("registers");
+        let roots: BTreeSet<StorePath> = [b.path.clone()].into();
+        let first = store.query_closure(&roots).expect("closure");
+        assert_eq!(first, [a.path.clone(), b.path.clone()].into());
+        // Again from the cache, then after `b` is registered anew with one
+        // more reference, and after it is invalidated.
+        assert_eq!(store.query_closure(&roots).expect("closure"), first);
+        b.references.insert(c.path.clone());
+        store.register_paths(&[b.clone()]).expect("registers again");
+        assert_eq!(
+            store.query_closure(&roots).expect("closure"),
+            [a.path.clone(), b.path.clone(), c.path.clone()].into()
+        );
+        assert!(store.invalidate_path(&b.path).expect("invalidates"));
+        assert!(matches!(
+            store.query_closure(&roots),
+            Err(Error::NotValid(_))
+        ));
     }
 
     #[test]
