@@ -50,7 +50,7 @@ const NIX_SIZES: [usize; 2] = [100, 1_000];
 /// installed).
 const PEER: Option<&str> = Some("nix-store --realise (Nix 2.8)");
 /// A larder run longer than this ends the scaling series.
-const SCALING_BUDGET: Duration = Duration::from_secs(60);
+const SCALING_BUDGET: Duration = Duration::from_secs(150);
 
 fn main() -> Result<()> {
     let options = Options::parse()?;
