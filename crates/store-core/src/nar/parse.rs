@@ -372,21 +372,7 @@ impl<R: BufRead + ?Sized, S: NarSink + ?Sized> Parser<'_, R, S> {
         let mut left = size;
         while left > 0 {
             let chunk_start = self.offset;
-            let available = match self.input.fill_buf() {
-                Ok([]) => {
-                    return Err(ParseError::Truncated {
-                        offset: self.offset,
-                    });
-                }
-                Ok(available) => available,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(ParseError::Read {
-                        offset: self.offset,
-                        source,
-                    });
-                }
-            };
+            let available = buffered(&mut *self.input, self.offset)?;
             let n = usize::try_from(left).map_or(available.len(), |l| l.min(available.len()));
             if let Err(source) = self.sink.file_data(&available[..n]) {
                 return Err(ParseError::Sink {
@@ -546,21 +532,7 @@ impl<R: BufRead + ?Sized, S: NarSink + ?Sized> Parser<'_, R, S> {
     /// Fills `out` from the input.
     fn fill(&mut self, mut out: &mut [u8]) -> Result<(), ParseError> {
         while !out.is_empty() {
-            let available = match self.input.fill_buf() {
-                Ok([]) => {
-                    return Err(ParseError::Truncated {
-                        offset: self.offset,
-                    });
-                }
-                Ok(available) => available,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(ParseError::Read {
-                        offset: self.offset,
-                        source,
-                    });
-                }
-            };
+            let available = buffered(&mut *self.input, self.offset)?;
             let n = available.len().min(out.len());
             out[..n].copy_from_slice(&available[..n]);
             self.input.consume(n);
@@ -582,6 +554,26 @@ fn unexpected(tag: &Tag, expected: &'static str) -> ParseError {
 /// Bytes as printable text: ASCII as is, the rest escaped.
 fn escape(bytes: &[u8]) -> String {
     bytes.escape_ascii().to_string()
+}
+
+/// The input's next buffered bytes, retrying reads that a signal
+/// interrupted; the end of input there means the NAR is truncated at
+/// `offset`.
+fn buffered<R: BufRead + ?Sized>(input: &mut R, offset: u64) -> Result<&[u8], ParseError> {
+    // Errors are settled first and the buffer taken after, since a borrow
+    // returned from inside a retry loop is beyond today's borrow checker.
+    loop {
+        match input.fill_buf() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(ParseError::Read { offset, source }),
+            Ok(_) => break,
+        }
+    }
+    match input.fill_buf() {
+        Ok([]) => Err(ParseError::Truncated { offset }),
+        Ok(available) => Ok(available),
+        Err(source) => Err(ParseError::Read { offset, source }),
+    }
 }
 
 #[cfg(test)]
