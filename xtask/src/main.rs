@@ -5,7 +5,7 @@
 //! - `cargo xtask bench`: the figures the project claims, each beside a peer
 //!   measured in the same run.
 
-#![allow(clippy::print_stderr, clippy::unwrap_used)]
+#![allow(clippy::print_stderr)]
 
 mod bench;
 mod ci;
