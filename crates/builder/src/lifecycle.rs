@@ -73,8 +73,10 @@ pub struct BuildContext {
     /// Where each output is built: its known path, or a scratch path when
     /// that is valid already (check mode) or not known (floating).
     pub scratch_outputs: BTreeMap<String, StorePath>,
-    /// The closure of the inputs: every path the builder may refer to.
-    pub input_closure: BTreeSet<StorePath>,
+    /// The closure of the inputs: every path the builder may refer to,
+    /// each once, in no particular order (a deep DAG's closures hold
+    /// thousands of paths, which ordering made cost time in each build).
+    pub input_closure: Vec<StorePath>,
     /// Placeholders and known paths rewritten to scratch paths.
     pub input_rewrites: Rewrites,
     /// The builder's environment and the files written for it.
@@ -1119,19 +1121,14 @@ impl BuildState {
         self.owned_paths.clear();
 
         // References: the input closure and every output.
-        let candidates: BTreeSet<StorePath> = ctx
-            .input_closure
-            .iter()
-            .chain(ctx.scratch_outputs.values())
-            .cloned()
-            .collect();
+        let candidates = ctx.input_closure.iter().chain(ctx.scratch_outputs.values());
         let discard = discarded_references(ctx)?;
         let mut refs: BTreeMap<String, BTreeSet<StorePath>> = BTreeMap::new();
         for (name, path) in &staged {
             let found = if discard.contains(name) {
                 BTreeSet::new()
             } else {
-                references::scan_path(path, &candidates).map_err(|e| {
+                references::scan_path(path, candidates.clone()).map_err(|e| {
                     BuildError::misc(format!("scanning '{}' for references: {e}", path.display()))
                 })?
             };
@@ -1391,7 +1388,7 @@ fn input_closure(
     store: &LocalStore,
     drv_path: &StorePath,
     drv: &Derivation,
-) -> Result<BTreeSet<StorePath>> {
+) -> Result<Vec<StorePath>> {
     let store_dir = store.store_dir();
     let drv_display = store_dir.display(drv_path);
     let misc = |e: larder_local_store::Error| BuildError::misc(e.to_string());
@@ -1421,7 +1418,7 @@ fn input_closure(
             roots.insert(path.clone());
         }
     }
-    store.query_closure(&roots).map_err(|e| match e {
+    store.query_closure_unordered(&roots).map_err(|e| match e {
         larder_local_store::Error::NotValid(path) => BuildError::misc(format!(
             "dependency '{path}' of '{drv_display}' is not valid"
         )),

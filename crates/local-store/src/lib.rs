@@ -29,6 +29,7 @@ pub mod verify;
 mod db;
 mod fsutil;
 mod ingest;
+mod reference_graph;
 #[cfg(test)]
 mod test_util;
 

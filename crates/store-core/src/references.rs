@@ -14,7 +14,7 @@
 //! set, and a run of digits slides one byte at a time checking only the
 //! byte that enters.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -38,7 +38,7 @@ pub struct InvalidHashPart {
 pub struct RefScanner {
     /// The distinct candidates, in the order first given.
     candidates: Vec<[u8; HASH_PART_LEN]>,
-    index: HashMap<[u8; HASH_PART_LEN], usize>,
+    index: foldhash::HashMap<[u8; HASH_PART_LEN], usize>,
     /// One bit per value of the first three digits of some candidate.
     prefixes: Box<[u64; PREFIX_WORDS]>,
     found: Vec<bool>,
@@ -139,6 +139,9 @@ impl RefScanner {
         &self,
         paths: impl IntoIterator<Item = &'a StorePath>,
     ) -> BTreeSet<StorePath> {
+        if self.found_count == 0 {
+            return BTreeSet::new();
+        }
         paths
             .into_iter()
             .filter(|p| self.is_found(p.hash_part()))
@@ -149,7 +152,7 @@ impl RefScanner {
     fn empty() -> Self {
         Self {
             candidates: Vec::new(),
-            index: HashMap::new(),
+            index: foldhash::HashMap::default(),
             prefixes: Box::new([0; PREFIX_WORDS]),
             found: Vec::new(),
             found_count: 0,
@@ -160,10 +163,12 @@ impl RefScanner {
 
     /// Adds a candidate of nix32 digits, unless it is there already.
     fn add(&mut self, bytes: [u8; HASH_PART_LEN]) {
-        if self.index.contains_key(&bytes) {
+        let next = self.candidates.len();
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.index.entry(bytes) {
+            slot.insert(next);
+        } else {
             return;
         }
-        self.index.insert(bytes, self.candidates.len());
         self.candidates.push(bytes);
         self.found.push(false);
         let prefix = prefix_of(&bytes);
@@ -250,11 +255,13 @@ impl Write for RefScanner {
 /// # Errors
 ///
 /// When the tree cannot be archived (see [`Dumper::dump`]).
-pub fn scan_path(
-    path: &Path,
-    candidates: &BTreeSet<StorePath>,
-) -> Result<BTreeSet<StorePath>, DumpError> {
-    let mut scanner = RefScanner::for_store_paths(candidates);
+pub fn scan_path<'a, I>(path: &Path, candidates: I) -> Result<BTreeSet<StorePath>, DumpError>
+where
+    I: IntoIterator<Item = &'a StorePath>,
+    I::IntoIter: Clone,
+{
+    let candidates = candidates.into_iter();
+    let mut scanner = RefScanner::for_store_paths(candidates.clone());
     Dumper::new().dump(path, &mut scanner)?;
     Ok(scanner.found_paths(candidates))
 }
@@ -265,12 +272,17 @@ pub fn scan_path(
 /// # Errors
 ///
 /// When the tree cannot be archived (see [`Dumper::dump`]).
-pub fn scan_and_hash_path(
+pub fn scan_and_hash_path<'a, I>(
     path: &Path,
-    candidates: &BTreeSet<StorePath>,
-) -> Result<(BTreeSet<StorePath>, NarHash), DumpError> {
+    candidates: I,
+) -> Result<(BTreeSet<StorePath>, NarHash), DumpError>
+where
+    I: IntoIterator<Item = &'a StorePath>,
+    I::IntoIter: Clone,
+{
+    let candidates = candidates.into_iter();
     let mut tee = ScanAndHash {
-        scanner: RefScanner::for_store_paths(candidates),
+        scanner: RefScanner::for_store_paths(candidates.clone()),
         hasher: Hasher::new(HashAlgo::Sha256),
     };
     let size = Dumper::new().dump(path, &mut tee)?;

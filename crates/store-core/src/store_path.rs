@@ -102,9 +102,13 @@ impl fmt::Display for EscapedByte {
 /// A valid store path base name, `<32 nix32 digits>-<name>`.
 ///
 /// Ordered as Nix orders `StorePathSet`: by the base name's bytes.
+///
+/// Cloning is cheap (a shared reference count): a build's input closure
+/// hands the same thousands of paths to several places, and copying each
+/// name every time was a measurable part of a build in a deep DAG.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StorePath {
-    base_name: Box<str>,
+    base_name: std::sync::Arc<str>,
 }
 
 impl StorePath {
