@@ -1,6 +1,7 @@
 //! The settings a build takes from the user's configuration.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Settings that shape every build (Nix's `nix.conf` options that matter
@@ -40,10 +41,15 @@ impl BuildSettings {
         if self.cores != 0 {
             return self.cores;
         }
-        std::thread::available_parallelism()
-            .ok()
-            .and_then(|n| u32::try_from(n.get()).ok())
-            .unwrap_or(1)
+        // Asked once per process: the answer reads a handful of cgroup
+        // files, a visible cost when repeated for every trivial build.
+        static CPUS: OnceLock<u32> = OnceLock::new();
+        *CPUS.get_or_init(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .and_then(|n| u32::try_from(n.get()).ok())
+                .unwrap_or(1)
+        })
     }
 }
 
