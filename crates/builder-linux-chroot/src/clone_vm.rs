@@ -140,9 +140,12 @@ impl Drop for SignalsBlocked {
 /// `in_child` runs in this process's memory while the calling thread is
 /// suspended (other threads run on). It must not return (the child then
 /// exits with status 127), allocate, take a lock, or write any memory but
-/// its own stack and `errno`; it may only make async-signal-safe calls, and
-/// it must end with `execve` or `_exit`. Nothing it does may wait for the
-/// calling thread, which is suspended until it ends.
+/// its own stack and `errno`; it must not change what belongs to the
+/// memory as a whole either (mappings, or its credentials: a change of
+/// those marks the memory undumpable, the parent's `/proc` files with it).
+/// It may only make async-signal-safe calls, and it must end with `execve`
+/// or `_exit`. Nothing it does may wait for the calling thread, which is
+/// suspended until it ends.
 pub(crate) unsafe fn spawn_vfork<F: Fn() + Copy>(
     flags: libc::c_int,
     stack: &mut ChildStack,
@@ -168,9 +171,12 @@ pub(crate) unsafe fn spawn_vfork<F: Fn() + Copy>(
 ///
 /// # Safety
 ///
-/// As for [`spawn_vfork`], and unless `flags` holds `CLONE_VFORK` (then
-/// `clone` returns only once the child has executed its program or exited),
-/// the caller must, until the child has executed its program or exited:
+/// `in_child` must keep the contract of [`spawn_vfork`]'s, except that
+/// without `CLONE_VFORK` in `flags` the calling thread runs on while the
+/// child runs, and the child may wait for it. Then (with `CLONE_VFORK`,
+/// `clone` returns only once the child has executed its program or
+/// exited) the caller must, until the child has executed its program or
+/// exited:
 /// - keep `stack` mapped, and everything `in_child` reads alive and
 ///   unchanged;
 /// - not read or write `errno` in the calling thread while the child may
@@ -192,8 +198,10 @@ pub(crate) unsafe fn clone_vm<F: Fn() + Copy>(
     // frame. `Start<F>` is a few words (a closure of references and
     // descriptors), far below the stack's size.
     let align = std::mem::align_of::<Start<F>>().max(16);
-    let at = (stack.top() as usize - std::mem::size_of::<Start<F>>()) & !(align - 1);
-    let arg = at as *mut Start<F>;
+    let arg = stack
+        .top()
+        .map_addr(|top| (top - std::mem::size_of::<Start<F>>()) & !(align - 1))
+        .cast::<Start<F>>();
     // SAFETY: `arg` lies in the stack's writable part (the stack is far
     // larger than `Start<F>` plus alignment), is aligned for `Start<F>`,
     // and no child uses this stack now (`&mut`).
