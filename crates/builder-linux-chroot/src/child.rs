@@ -1,9 +1,11 @@
 //! The code that runs in the child between `clone` and `execve`.
 //!
-//! The child is a copy of a possibly multi-threaded parent in which only the
-//! calling thread exists. Another thread may have held the allocator's lock
-//! or any other lock at the moment of `clone`, so nothing here allocates,
-//! locks, or calls into `std` beyond plain data access: every call is a
+//! The child runs in the memory of a possibly multi-threaded parent
+//! (`clone_vm`), on a stack of its own, until `execve` gives it a memory of
+//! its own. Another thread may hold the allocator's lock or any other lock
+//! meanwhile, and whatever the child writes the parent sees, so nothing here
+//! allocates, locks, writes anything but its own stack (and `errno`), or
+//! calls into `std` beyond plain data access: every call is a
 //! rustix system call on a `&CStr` prepared in [`ChildPlan`], or one of the
 //! few raw calls rustix does not offer publicly (`execve`, `_exit`,
 //! `close_range`). A failure is written to the error pipe as a fixed-size
@@ -328,6 +330,38 @@ pub(crate) fn reset_signals() -> Result<(), Errno> {
             && libc::signal(libc::SIGPIPE, libc::SIG_DFL) != libc::SIG_ERR
     };
     if reset { Ok(()) } else { Err(last_errno()) }
+}
+
+/// Resets to its default action every signal whose disposition is a
+/// handler, as `posix_spawn` does in its child: the child of `clone_vm`
+/// shares the parent's memory, where a handler of the parent must never
+/// run. Ignored signals stay ignored (`execve` keeps them ignored as well).
+/// Called with every signal blocked, before anything unblocks one.
+///
+/// `realtime` is the range of real-time signals the C library lets
+/// programs use; the ones below it are its own, which `sigaction` refuses
+/// to touch (and whose handlers in glibc return at once unless the process
+/// sent the signal to itself). Writes nothing but this frame: `sigaction`
+/// cannot fail for the valid signals it is given here, so not even
+/// `errno`.
+pub(crate) fn reset_signal_handlers(realtime: std::ops::RangeInclusive<libc::c_int>) {
+    // The standard signals are 1 to 31 on every Linux architecture.
+    for signal in (1..=31).chain(realtime) {
+        // SAFETY: `sigaction` reads and writes only the two structures on
+        // this frame, and is async-signal-safe.
+        unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut current) != 0 {
+                continue;
+            }
+            if current.sa_sigaction == libc::SIG_DFL || current.sa_sigaction == libc::SIG_IGN {
+                continue;
+            }
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(signal, &default, std::ptr::null_mut());
+        }
+    }
 }
 
 /// Marks every descriptor above stderr close-on-exec: those opened without

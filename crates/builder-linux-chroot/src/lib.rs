@@ -39,6 +39,7 @@ pub mod spawn;
 pub mod spec;
 
 mod child;
+mod clone_vm;
 mod elf;
 mod error;
 mod plan;

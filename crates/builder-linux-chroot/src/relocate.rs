@@ -32,8 +32,9 @@ use rustix::pipe::PipeFlags;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
 
 use crate::child;
+use crate::clone_vm::{ChildStack, spawn_vfork};
 use crate::plan::null_terminated;
-use crate::spawn::{clone_raw, read_full};
+use crate::spawn::read_full;
 
 /// The generic builder, with the store relocated by a mount namespace the
 /// child makes itself instead of through `unshare(1)` (see the module
@@ -93,12 +94,26 @@ pub fn spawn_relocated(
     if plan.id_maps.is_some() {
         flags |= libc::CLONE_NEWUSER;
     }
-    let pid = clone_raw(flags, || run(&plan, fds)).map_err(|e| {
+    let mut stack = ChildStack::new().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("mapping a stack for the builder's child: {e}"),
+        )
+    })?;
+    // The child shares this process's memory and this thread is suspended
+    // until it executed the builder or exited (CLONE_VFORK), so `plan`,
+    // `fds` and the stack are provably unused once this returns; the child
+    // waits for nothing this thread would do.
+    // SAFETY: `run` allocates nothing, takes no lock, writes only its stack
+    // and `errno`, makes only async-signal-safe calls, and ends with
+    // `execve` or `_exit`.
+    let pid = unsafe { spawn_vfork(flags, &mut stack, || run(&plan, fds)) }.map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("creating a mount namespace to relocate the store: {e}"),
         )
     })?;
+    drop(stack);
     // Closing the parent's copies of the child's ends is what makes EOF on
     // the error pipe mean `execve` and EOF on the log mean every writer is
     // gone.
@@ -370,6 +385,124 @@ fn setup_and_exec(plan: &Plan, fds: Fds) -> Result<Never, (Step, Errno)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clone_vm::tests::{
+        block, children_of_this_thread, current_mask, ignored_but_sigpipe, install_usr1_handler,
+        is_member, set_mask, status_mask,
+    };
+    use std::io::Read;
+    use std::path::PathBuf;
+
+    /// Whether this host can make the child's namespaces, or `false` with
+    /// the reason printed.
+    fn can_relocate() -> bool {
+        match crate::check_support() {
+            Ok(()) => true,
+            Err(error) => {
+                eprintln!("skipped: needs root or user namespaces: {error}");
+                false
+            }
+        }
+    }
+
+    fn sh(script: &str) -> BuilderCommand {
+        BuilderCommand {
+            program: PathBuf::from("/bin/sh"),
+            arg0: "sh".to_owned(),
+            args: vec!["-c".to_owned(), script.to_owned()],
+            env: vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())],
+            cwd: PathBuf::from("/"),
+        }
+    }
+
+    /// Spawns `command` with a store relocated from one temporary folder to
+    /// another.
+    fn spawn_in_temp(command: &BuilderCommand) -> io::Result<SpawnedBuilder> {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let (real, logical) = (temp.path().join("real"), temp.path().join("logical"));
+        std::fs::create_dir(&real).expect("mkdir");
+        std::fs::create_dir(&logical).expect("mkdir");
+        spawn_relocated(&real, &logical, command)
+    }
+
+    /// The builder's whole log and exit code.
+    fn finish(spawned: SpawnedBuilder) -> (String, Option<i32>) {
+        rustix::fs::fcntl_setfl(&spawned.log, OFlags::empty()).expect("blocking log");
+        let mut log = String::new();
+        std::fs::File::from(spawned.log)
+            .read_to_string(&mut log)
+            .expect("reading the log");
+        let status = loop {
+            match rustix::process::waitpid(Some(spawned.pid), WaitOptions::empty()) {
+                Ok(Some((_, status))) => break status,
+                Err(Errno::INTR) => {}
+                other => panic!("waitpid: {other:?}"),
+            }
+        };
+        (log, status.exit_status())
+    }
+
+    #[test]
+    fn children_of_a_big_parent_start_with_a_clean_signal_state() {
+        if !can_relocate() {
+            return;
+        }
+        // The parent as the CLI has it: handlers installed (pathlocks'
+        // SIGUSR1), and here some signals blocked in the spawning thread.
+        install_usr1_handler();
+        let old = block(&[libc::SIGUSR1, libc::SIGINT, libc::SIGTERM]);
+        let blocked = current_mask();
+        // 200 MiB resident, which the children share instead of copying
+        // its page tables.
+        let heap = vec![1u8; 200 << 20];
+        for _ in 0..20 {
+            let spawned = spawn_in_temp(&sh("cat /proc/self/status")).expect("spawn");
+            let (log, code) = finish(spawned);
+            assert_eq!(code, Some(0), "{log}");
+            assert_eq!(status_mask(&log, "SigBlk:"), 0, "{log}");
+            assert_eq!(status_mask(&log, "SigCgt:"), 0, "{log}");
+            assert_eq!(status_mask(&log, "SigIgn:"), ignored_but_sigpipe(), "{log}");
+            let after = current_mask();
+            for signal in 1..=64 {
+                assert_eq!(
+                    is_member(&after, signal),
+                    is_member(&blocked, signal),
+                    "signal {signal}: the spawning thread's mask was not restored"
+                );
+            }
+        }
+        assert_eq!(
+            heap.iter()
+                .step_by(4096)
+                .map(|&b| usize::from(b))
+                .sum::<usize>(),
+            200 << 8
+        );
+        set_mask(&old);
+    }
+
+    #[test]
+    fn a_missing_program_is_reported_with_its_step_and_errno_and_reaped() {
+        if !can_relocate() {
+            return;
+        }
+        let old = block(&[libc::SIGUSR2]);
+        let mut command = sh("");
+        command.program = PathBuf::from("/nonexistent/builder");
+        let error = spawn_in_temp(&command).expect_err("no program");
+        let message = error.to_string();
+        assert!(
+            message.contains("executing /nonexistent/builder"),
+            "{message}"
+        );
+        assert_eq!(error.raw_os_error(), None, "{message}");
+        assert_eq!(error.kind(), io::ErrorKind::NotFound, "{message}");
+        assert!(message.contains("No such file"), "{message}");
+        assert_eq!(children_of_this_thread(), "", "a child was left behind");
+        let mask = current_mask();
+        set_mask(&old);
+        assert!(is_member(&mask, libc::SIGUSR2), "the mask was not restored");
+        assert!(!is_member(&mask, libc::SIGHUP), "the mask was not restored");
+    }
 
     #[test]
     fn failure_records_round_trip_and_garbage_is_refused() {

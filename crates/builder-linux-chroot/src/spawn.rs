@@ -1,8 +1,10 @@
 //! Starting a process in the sandbox, and the handle to it.
 //!
 //! The parent prepares everything (`ChildPlan`), creates the child with a
-//! raw `clone` in new user, mount, PID, IPC, UTS and cgroup namespaces (and a
-//! new network namespace unless the build keeps the host's network), writes
+//! `clone` in new user, mount, PID, IPC, UTS and cgroup namespaces (and a
+//! new network namespace unless the build keeps the host's network) that
+//! shares its memory until `execve` (`clone_vm`: no copy of the parent's
+//! page tables, whose cost grows with the parent's size), writes
 //! the child's uid and gid maps as Nix does (`setgroups` denied), saves its
 //! mount and user namespaces, and only then lets it go on. The child reports
 //! a failed setup step over a close-on-exec pipe; EOF on that pipe means the
@@ -15,12 +17,14 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
 use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
 use rustix::pipe::PipeFlags;
-use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, WaitOptions};
 
 use crate::SandboxError;
 use crate::child::{self, ChildFds, FAILURE_BYTES, Failure};
 use crate::chroot::Chroot;
+use crate::clone_vm::{ChildStack, SignalsBlocked, clone_vm, spawn_vfork};
 use crate::namespaces::SavedNamespaces;
 use crate::plan::ChildPlan;
 use crate::spec::{Command, Network, SANDBOX_GID, SANDBOX_UID};
@@ -194,11 +198,52 @@ pub fn spawn(chroot: &Chroot, command: &Command) -> Result<SandboxChild, Sandbox
     if chroot.network() == Network::Loopback {
         flags |= libc::CLONE_NEWNET;
     }
-    let pid = clone_into(flags, || child::run(&plan, fds))?;
+    // The child shares this process's memory until it executes the builder
+    // (see `clone_vm`). It waits for the id maps, so this thread cannot be
+    // suspended as with CLONE_VFORK, and the two run side by side. Why that
+    // is sound:
+    //
+    // - What the child reads (`plan`, the chroot's ops, `fds`) is borrowed
+    //   immutably here and outlives this function's every use of the child;
+    //   its stack (`stack`) is dropped only once the child is gone: it has
+    //   executed the builder or exited. EOF on the error pipe means one of
+    //   the two (the kernel closes a process's descriptors only after it has
+    //   dropped its memory, at `execve` as at exit); otherwise this thread
+    //   waits for the exit (after killing the child if something failed).
+    //   An early return before the release drops `handle` first (it is
+    //   declared after `stack` and `blocked`), which kills and reaps the
+    //   child.
+    // - The child writes nothing of this process's but its stack and
+    //   `errno`, which it shares with this thread. Until the release it
+    //   does not touch `errno` either (`clone_vm`'s trampoline and the start
+    //   of `child::run` make only raw system calls and `sigaction` calls
+    //   that cannot fail, and it leaves on `_exit` if not released), so this
+    //   thread may use the C library freely until then. From the release
+    //   until the child is gone, this thread makes only raw system calls
+    //   (rustix), which never touch `errno`, and allocates nothing. The
+    //   pipe write that releases the child orders the two periods.
+    // - Signals stay blocked in this thread from before the clone until the
+    //   child is gone (`blocked`), so no handler runs on this thread's
+    //   `errno` meanwhile, and the child starts with them all blocked.
+    let mut stack = ChildStack::new().map_err(|source| SandboxError::Spawn {
+        step: "mapping a stack for the builder's child",
+        source,
+    })?;
+    let blocked = SignalsBlocked::new().map_err(|source| SandboxError::Spawn {
+        step: "blocking signals around the clone",
+        source,
+    })?;
+    let plan = &plan;
+    // SAFETY: `child::run` allocates nothing, takes no lock, writes only its
+    // stack and `errno`, and ends with `execve` or `_exit`; signals are
+    // blocked; the argument above covers the stack, the plan and `errno`
+    // until the child is gone.
+    let pid = unsafe { clone_vm(flags, &mut stack, &blocked, move || child::run(plan, fds)) }
+        .map_err(refused)?;
     // The parent's copies of the child's ends: closing them is what lets EOF
     // on the log and error pipes mean that every writer is gone.
     drop((log_write, sync_read, error_write, stdin));
-    let mut handle = Started {
+    let handle = Started {
         pid,
         sync_write: Some(sync_write),
     };
@@ -212,16 +257,39 @@ pub fn spawn(chroot: &Chroot, command: &Command) -> Result<SandboxChild, Sandbox
     write_id_maps(pid)?;
     let namespaces =
         SavedNamespaces::new(open_namespace(pid, "mnt")?, open_namespace(pid, "user")?);
-    handle.release()?;
 
+    // From the release until the child is gone, raw system calls only (see
+    // above): errors are kept as they are until then.
+    let released = handle.release();
     // Wait for `execve` (EOF) or a failure record.
     let mut record = [0u8; FAILURE_BYTES];
-    let read = read_full(&error_read, &mut record).map_err(|source| SandboxError::Spawn {
-        step: "reading the builder's setup result",
+    let read = match released {
+        Ok(()) => read_full(&error_read, &mut record),
+        Err(errno) => Err(errno.into()),
+    };
+    match read {
+        Ok(0) => {}
+        // The child reported a failure and exits: wait for it.
+        Ok(_) => handle.wait_for_exit(),
+        // Whatever the child does, it must not go on.
+        Err(_) => handle.kill_and_wait(),
+    }
+    // The child is gone from this memory: it executed the builder (EOF), or
+    // it exited. Now this thread may use `errno`, and handlers may run.
+    let pid = handle.disarm();
+    drop(blocked);
+    drop(stack);
+    let read = read.map_err(|source| SandboxError::Spawn {
+        step: if released.is_err() {
+            "releasing the builder"
+        } else {
+            "reading the builder's setup result"
+        },
         source,
     })?;
+
     let mut child = SandboxChild {
-        pid: handle.disarm(),
+        pid,
         pidfd,
         log: Some(log_read),
         namespaces,
@@ -237,7 +305,7 @@ pub fn spawn(chroot: &Chroot, command: &Command) -> Result<SandboxChild, Sandbox
         .flatten()
     {
         Some(failure) => Err(SandboxError::Child {
-            step: failure.describe(&plan),
+            step: failure.describe(plan),
             source: io::Error::from_raw_os_error(failure.errno),
         }),
         None => Err(SandboxError::Spawn {
@@ -255,7 +323,12 @@ pub(crate) fn probe() -> Result<(), SandboxError> {
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWNET;
-    let pid = clone_into(flags, || child::exit(0))?;
+    let mut stack = ChildStack::new().map_err(|source| SandboxError::Spawn {
+        step: "mapping a stack for the probe's child",
+        source,
+    })?;
+    // SAFETY: the child only calls `_exit`.
+    let pid = unsafe { spawn_vfork(flags, &mut stack, || child::exit(0)) }.map_err(refused)?;
     loop {
         match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
             Err(rustix::io::Errno::INTR) => continue,
@@ -264,10 +337,10 @@ pub(crate) fn probe() -> Result<(), SandboxError> {
     }
 }
 
-/// Clones a child with `flags` (and `SIGCHLD`) that runs `in_child`, which
-/// must not return, allocate or lock.
-fn clone_into(flags: libc::c_int, in_child: impl FnOnce()) -> Result<Pid, SandboxError> {
-    clone_raw(flags, in_child).map_err(|error| match error.raw_os_error() {
+/// The error of a `clone` into new namespaces: an errno is the kernel
+/// refusing them.
+fn refused(error: io::Error) -> SandboxError {
+    match error.raw_os_error() {
         Some(_) => SandboxError::Unavailable {
             cause: format!(
                 "the kernel refused to create the namespaces ({error}); check \
@@ -279,38 +352,6 @@ fn clone_into(flags: libc::c_int, in_child: impl FnOnce()) -> Result<Pid, Sandbo
             step: "cloning the builder",
             source: error,
         },
-    })
-}
-
-/// As `clone_into`, with the kernel's error as it is.
-pub(crate) fn clone_raw(flags: libc::c_int, in_child: impl FnOnce()) -> io::Result<Pid> {
-    // SAFETY: a `clone` without CLONE_VM and without a new stack behaves as
-    // `fork`: the child gets a copy of this thread's memory and stack and
-    // returns 0 here. It then runs only `in_child`, which (by this function's
-    // contract, and as `child::run` and `relocate::run` are written) neither
-    // allocates nor takes locks that another thread may have held at the
-    // time of the clone, and leaves with `_exit` or `execve`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            libc::c_long::from(flags | libc::SIGCHLD),
-            0 as libc::c_long,
-            0 as libc::c_long,
-            0 as libc::c_long,
-            0 as libc::c_long,
-        )
-    };
-    match ret {
-        0 => {
-            in_child();
-            // Only reached if `in_child` broke its contract and returned.
-            child::exit(127)
-        }
-        ret if ret < 0 => Err(io::Error::last_os_error()),
-        ret => i32::try_from(ret)
-            .ok()
-            .and_then(Pid::from_raw)
-            .ok_or_else(|| io::Error::other(format!("clone returned {ret}"))),
     }
 }
 
@@ -322,16 +363,29 @@ struct Started {
 }
 
 impl Started {
-    /// Tells the child the id maps are written.
-    fn release(&mut self) -> Result<(), SandboxError> {
-        let Some(sync) = self.sync_write.take() else {
-            return Ok(());
-        };
-        rustix::io::write(&sync, b"1").map_err(|errno| SandboxError::Spawn {
-            step: "releasing the builder",
-            source: errno.into(),
-        })?;
-        Ok(())
+    /// Tells the child the id maps are written. The pipe stays open (it is
+    /// closed once the child is gone, by `disarm` or on drop).
+    fn release(&self) -> rustix::io::Result<()> {
+        match &self.sync_write {
+            Some(sync) => rustix::io::write(sync, b"1").map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the child has exited, leaving it unreaped for its new
+    /// owner: `waitid` with `WNOWAIT`. A zombie holds none of this process's
+    /// memory any more.
+    fn wait_for_exit(&self) {
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+        // Any error but EINTR means the child is gone: ECHILD when another
+        // thread reaped it, or when SIGCHLD is ignored (after its exit).
+        while let Err(Errno::INTR) = rustix::process::waitid(WaitId::Pid(self.pid), options) {}
+    }
+
+    /// Kills the child and waits until it has exited, leaving it unreaped.
+    fn kill_and_wait(&self) {
+        let _ = rustix::process::kill_process(self.pid, Signal::KILL);
+        self.wait_for_exit();
     }
 
     /// Hands the child over; it is no longer killed on drop.
@@ -346,7 +400,9 @@ impl Started {
 impl Drop for Started {
     fn drop(&mut self) {
         let _ = rustix::process::kill_process(self.pid, Signal::KILL);
-        let _ = rustix::process::waitpid(Some(self.pid), WaitOptions::empty());
+        while let Err(Errno::INTR) = rustix::process::waitpid(Some(self.pid), WaitOptions::empty())
+        {
+        }
     }
 }
 
@@ -405,6 +461,10 @@ pub(crate) fn read_full(fd: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clone_vm::tests::{
+        block, children_of_this_thread, current_mask, ignored_but_sigpipe, install_usr1_handler,
+        is_member, set_mask, status_mask,
+    };
     use crate::spec::{ChrootSpec, default_sandbox_paths};
     use std::io::Read;
 
@@ -494,6 +554,7 @@ mod tests {
         if prerequisites().is_none() {
             return;
         }
+        let old = block(&[libc::SIGUSR2]);
         let temp = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(temp.path().join("build")).expect("mkdir");
         let spec = ChrootSpec::new(temp.path().join("x.chroot"), temp.path().join("build"));
@@ -502,5 +563,55 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("executing /bin/nothing"), "{message}");
         assert!(message.contains("No such file"), "{message}");
+        assert_eq!(children_of_this_thread(), "", "a child was left behind");
+        let mask = current_mask();
+        set_mask(&old);
+        assert!(is_member(&mask, libc::SIGUSR2), "the mask was not restored");
+        assert!(!is_member(&mask, libc::SIGHUP), "the mask was not restored");
+    }
+
+    #[test]
+    fn children_of_a_big_parent_start_with_a_clean_signal_state() {
+        if prerequisites().is_none() {
+            return;
+        }
+        install_usr1_handler();
+        let old = block(&[libc::SIGUSR1, libc::SIGINT, libc::SIGTERM]);
+        let blocked = current_mask();
+        // 200 MiB resident, which the children share instead of copying
+        // its page tables.
+        let heap = vec![1u8; 200 << 20];
+        let script =
+            "while read k v; do case $k in Sig*) echo $k $v;; esac; done < /proc/self/status";
+        for _ in 0..5 {
+            let Some((status, log)) = run(script) else {
+                return;
+            };
+            assert!(status.success(), "{log}");
+            // The shell (busybox ash, PID 1) catches SIGINT and SIGCHLD and
+            // ignores SIGQUIT itself; nothing else may come from the parent.
+            assert_eq!(status_mask(&log, "SigBlk:"), 0, "{log}");
+            let shell_caught = (1 << (libc::SIGINT - 1)) | (1 << (libc::SIGCHLD - 1));
+            assert_eq!(status_mask(&log, "SigCgt:") & !shell_caught, 0, "{log}");
+            let shell_ignored = 1 << (libc::SIGQUIT - 1);
+            let ignored = status_mask(&log, "SigIgn:") & !shell_ignored;
+            assert_eq!(ignored, ignored_but_sigpipe() & !shell_ignored, "{log}");
+            let after = current_mask();
+            for signal in 1..=64 {
+                assert_eq!(
+                    is_member(&after, signal),
+                    is_member(&blocked, signal),
+                    "signal {signal}: the spawning thread's mask was not restored"
+                );
+            }
+        }
+        assert_eq!(
+            heap.iter()
+                .step_by(4096)
+                .map(|&b| usize::from(b))
+                .sum::<usize>(),
+            200 << 8
+        );
+        set_mask(&old);
     }
 }
