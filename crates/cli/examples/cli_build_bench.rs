@@ -322,14 +322,19 @@ impl Bench {
 
     /// `larder build -j2` of `set` into a fresh store.
     fn larder(&self, set: &DrvSet, sandboxed: bool) -> Result<Run> {
+        // Kept until the whole work folder goes at the end: deleting a
+        // store's thousands of files between runs would slow the next run
+        // down (on ext4 without a journal, every new inode is checked
+        // against each one deleted in the last half minute).
         let root = tempfile::Builder::new()
             .prefix("store")
-            .tempdir_in(&self.work)?;
+            .tempdir_in(&self.work)?
+            .keep();
         let mut cmd = Command::new(&self.larder);
         cmd.env_remove("LARDER_STORE")
             .env("RUST_LOG", "warn")
             .arg("--store")
-            .arg(root.path())
+            .arg(&root)
             .args(["build", "-j2"]);
         if !sandboxed {
             cmd.arg("--no-sandbox");
