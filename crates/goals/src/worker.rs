@@ -8,10 +8,11 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::SystemTime;
 
-use larder_pathlocks::{Backoff, Owner, PathLocks, TryLockError};
+use larder_pathlocks::{Backoff, DeferredDeletions, Owner, PathLocks, TryLockError};
 
 use crate::backend::{Backend, Plan, UnpreparedBuild};
 use crate::events::{Event, EventSink};
@@ -114,6 +115,9 @@ struct Ctx {
     tasks: RefCell<Vec<JoinHandle<()>>>,
     owners: RefCell<HashMap<Owner, PathBuf>>,
     stopping: Cell<bool>,
+    /// Lock files of paths that became valid, deleted when the run ends
+    /// rather than one by one while it builds (see `DeferredDeletions`).
+    deferred: Arc<DeferredDeletions>,
 }
 
 /// Where a goal's result appears, for every goal that awaits it.
@@ -187,6 +191,7 @@ impl Worker {
                 tasks: RefCell::new(Vec::new()),
                 owners: RefCell::new(HashMap::new()),
                 stopping: Cell::new(false),
+                deferred: Arc::new(DeferredDeletions::new()),
             }),
         }
     }
@@ -205,6 +210,7 @@ impl Worker {
     /// Cancels every goal still running (killing its builder).
     pub fn shutdown(&self) {
         self.ctx.stop_all();
+        self.ctx.deferred.delete_now();
     }
 }
 
@@ -341,7 +347,7 @@ impl Ctx {
         if !self.settings.check
             && let Some(outputs) = self.valid_outputs(&plan)?
         {
-            locks.set_delete_on_release(true);
+            locks.delete_later(&self.deferred);
             tracing::debug!(drv = %drv.display(), "skipping build: someone beat us to it");
             return Ok((BuildStatus::AlreadyValid, outputs));
         }
@@ -403,7 +409,7 @@ impl Ctx {
             .await?;
         // Every later locker finds these paths valid: delete the lock files.
         for mut guard in guards {
-            guard.set_delete_on_release(true);
+            guard.delete_later(&self.deferred);
         }
         drop(permit);
         Ok((BuildStatus::Built, outputs))
@@ -439,7 +445,7 @@ impl Ctx {
                 dynamic.iter().map(|p| self.backend.lock_path(p)).collect();
             match larder_pathlocks::try_lock(owner, &lock_paths) {
                 Ok(mut guard) => {
-                    guard.set_delete_on_release(true);
+                    guard.delete_later(&self.deferred);
                     guards.extend([locks, guard]);
                 }
                 Err(TryLockError::Busy(_)) => {
@@ -504,7 +510,7 @@ impl Ctx {
         // the lock protocol makes deletion safe at any release (a waiter
         // that opened the file before the unlink finds it stale and opens
         // it again).
-        guard.set_delete_on_release(true);
+        guard.delete_later(&self.deferred);
         Ok(guard)
     }
 

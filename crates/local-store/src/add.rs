@@ -21,7 +21,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use larder_pathlocks::{Owner, PathLocks};
 use larder_store_core::nar::Dumper;
@@ -32,7 +32,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::ingest;
 use crate::path_info::PathInfo;
-use crate::store::{LocalStore, ScratchDir};
+use crate::store::{LocalStore, ScratchEntry};
 
 /// How to add a file or tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,9 +72,8 @@ impl AddOptions {
 #[derive(Debug)]
 pub struct StagedPath {
     info: PathInfo,
-    copy: PathBuf,
-    // Removed on drop, with the copy in it.
-    _scratch: ScratchDir,
+    // Removed on drop unless committed.
+    copy: ScratchEntry,
 }
 
 impl StagedPath {
@@ -189,7 +188,7 @@ impl LocalStore {
         }
         self.check_references(&staged.info)?;
         fsutil::delete_path(&real)?;
-        fs::rename(&staged.copy, &real).io_context("moving into the store", &real)?;
+        fs::rename(&staged.copy.path, &real).io_context("moving into the store", &real)?;
         larder_store_core::canonicalise::canonicalise_path(&real)?;
         self.register_paths(std::slice::from_ref(&staged.info))?;
         self.path_info(&path)
@@ -228,10 +227,11 @@ impl LocalStore {
         self.check_references(&staged.info)?;
         let real = self.layout().real_path(staged.path());
         let mut locks = larder_pathlocks::lock_blocking(Owner::fresh(), [&real])?;
-        // The lock file goes on release whatever happens: a later locker
-        // finds the path valid, or finds an invalid path and locks afresh
-        // (Nix's stale-file check makes deleting always safe).
-        locks.set_delete_on_release(true);
+        // The lock file goes whatever happens: a later locker finds the
+        // path valid, or finds an invalid path and locks afresh (Nix's
+        // stale-file check makes deleting always safe). It goes when this
+        // handle does, with the others it added.
+        locks.delete_later(&self.deferred_deletions);
         self.commit_staged(staged, &locks)
     }
 
@@ -254,9 +254,9 @@ impl LocalStore {
         write_copy: impl FnOnce(&Path) -> Result<()>,
         text: Option<&[u8]>,
     ) -> Result<StagedPath> {
-        let scratch = self.new_scratch_dir()?;
-        let copy = scratch.path.join("x");
-        write_copy(&copy)?;
+        let scratch = self.new_scratch_entry()?;
+        let copy = &scratch.path;
+        write_copy(copy)?;
         let mut dumper = Dumper::new();
         let (ca_hash, nar) = match (options.method, text) {
             (ContentAddressMethod::Text, Some(contents)) => (
@@ -303,8 +303,7 @@ impl LocalStore {
         info.ca = Some(ca);
         Ok(StagedPath {
             info,
-            copy,
-            _scratch: scratch,
+            copy: scratch,
         })
     }
 }
@@ -489,21 +488,33 @@ mod tests {
         ] {
             assert_eq!(mtime(p), 1, "{}", p.display());
         }
-        assert!(
-            !store.layout().lock_path(&info.path).exists(),
-            "lock file removed"
+        let lock = store.layout().lock_path(&info.path);
+        assert_eq!(
+            fs::metadata(&lock).map(|m| m.len()).ok(),
+            Some(0),
+            "the lock file is kept, unmarked, while the handle lives"
         );
         let again = store
             .add_path(&src, &AddOptions::new(ContentAddressMethod::Nar))
             .expect("adds again");
         assert_eq!(again, info);
-        assert_eq!(
-            fs::read_dir(store.layout().scratch_dir())
-                .expect("ls")
-                .count(),
-            0,
-            "no scratch left"
-        );
+        assert_eq!(scratch_entries(&store), 0, "no scratch left");
+        let scratch = store.layout().scratch_dir();
+        drop(store);
+        assert!(!lock.exists(), "lock file removed with the handle");
+        assert_eq!(fs::read_dir(scratch).expect("ls").count(), 0);
+    }
+
+    /// What the scratch folders of `store` hold.
+    fn scratch_entries(store: &LocalStore) -> usize {
+        fs::read_dir(store.layout().scratch_dir())
+            .expect("ls")
+            .map(|folder| {
+                fs::read_dir(folder.expect("entry").path())
+                    .expect("ls")
+                    .count()
+            })
+            .sum()
     }
 
     #[test]
@@ -565,12 +576,7 @@ mod tests {
             .filter(|n| n != ".links" && n != ".larder-tmp")
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
-        assert_eq!(
-            fs::read_dir(store.layout().scratch_dir())
-                .expect("ls")
-                .count(),
-            0
-        );
+        assert_eq!(scratch_entries(&store), 0);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
+use larder_pathlocks::DeferredDeletions;
 use larder_store_core::{StoreDir, StorePath};
 
 use crate::db::{Db, DrvOutputs};
@@ -77,6 +78,11 @@ pub struct LocalStore {
     /// An entry is dropped when this handle registers or invalidates its
     /// path (references only grow while a path stays valid).
     references: Mutex<ReferenceGraph>,
+    /// Lock files of paths this handle added, deleted when it is dropped
+    /// rather than one by one (see `DeferredDeletions`).
+    pub(crate) deferred_deletions: Arc<DeferredDeletions>,
+    /// This handle's scratch folder (see [`LocalStore::new_scratch_entry`]).
+    scratch_folder: OnceLock<ScratchDir>,
     // Held for the store's lifetime: the shared big lock.
     _big_lock: FileLock,
 }
@@ -173,6 +179,8 @@ impl LocalStore {
             db: Mutex::new(db),
             hash_cache: Mutex::new(hash_cache),
             references: Mutex::new(ReferenceGraph::default()),
+            deferred_deletions: Arc::new(DeferredDeletions::new()),
+            scratch_folder: OnceLock::new(),
             _big_lock: big_lock,
         };
         store.sweep_scratch();
@@ -493,23 +501,54 @@ impl LocalStore {
         }
     }
 
-    /// A fresh, empty scratch folder for this process.
-    pub(crate) fn new_scratch_dir(&self) -> Result<ScratchDir> {
+    /// A fresh name in this handle's scratch folder, which is made on
+    /// first use and kept until the handle is dropped: a folder made and
+    /// deleted for every added path was a measurable part of adding a
+    /// `.drv` file (each deleted inode slows later file creation down on
+    /// ext4 without a journal).
+    pub(crate) fn new_scratch_entry(&self) -> Result<ScratchEntry> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let base = self.layout.scratch_dir();
-        fsutil::create_dirs(&base)?;
-        loop {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let dir = base.join(format!("{}-{n}", std::process::id()));
-            match fs::create_dir(&dir) {
-                Ok(()) => return Ok(ScratchDir { path: dir }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    // A leftover of an earlier process with our pid.
-                    fsutil::delete_path(&dir)?;
+        if self.scratch_folder.get().is_none() {
+            let base = self.layout.scratch_dir();
+            fsutil::create_dirs(&base)?;
+            let made = loop {
+                let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+                let dir = base.join(format!("{}-{n}", std::process::id()));
+                match fs::create_dir(&dir) {
+                    Ok(()) => break ScratchDir { path: dir },
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        // A leftover of an earlier process with our pid.
+                        fsutil::delete_path(&dir)?;
+                    }
+                    Err(e) => return Err(e).io_context("creating directory", &dir),
                 }
-                Err(e) => return Err(e).io_context("creating directory", &dir),
-            }
+            };
+            // A thread that raced us set its own; ours is dropped (deleted).
+            let _ = self.scratch_folder.set(made);
+        }
+        let folder = self
+            .scratch_folder
+            .get()
+            .expect("set above, by this thread or another");
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        Ok(ScratchEntry {
+            path: folder.path.join(n.to_string()),
+        })
+    }
+}
+
+/// A name in a store handle's scratch folder; whatever is there is deleted
+/// when it is dropped (nothing, once its contents moved into the store).
+#[derive(Debug)]
+pub(crate) struct ScratchEntry {
+    pub(crate) path: PathBuf,
+}
+
+impl Drop for ScratchEntry {
+    fn drop(&mut self) {
+        if let Err(e) = fsutil::delete_path(&self.path) {
+            tracing::warn!("could not remove scratch file: {e}");
         }
     }
 }
@@ -824,10 +863,21 @@ mod tests {
         let (_dir, store) = temp_store();
         let stale = store.layout().scratch_dir().join("999999999-0");
         fs::create_dir_all(stale.join("x")).expect("mkdir");
-        let mine = store.new_scratch_dir().expect("scratch");
+        let mine = store.new_scratch_entry().expect("scratch");
+        fs::write(&mine.path, "staged").expect("write");
         let reopened = LocalStore::open(store.layout().root()).expect("reopens");
         assert!(!stale.exists());
         assert!(mine.path.exists(), "a live process's folder stays");
+        drop(mine);
+        let folder = fs::read_dir(store.layout().scratch_dir())
+            .expect("ls")
+            .count();
+        assert_eq!(folder, 1, "the handle's folder stays, empty");
+        drop(store);
+        let left = fs::read_dir(reopened.layout().scratch_dir())
+            .expect("ls")
+            .count();
+        assert_eq!(left, 0, "a dropped handle's folder goes");
         drop(reopened);
     }
 }

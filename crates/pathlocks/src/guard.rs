@@ -1,6 +1,9 @@
 //! [`PathLocks`]: a held set of path locks, released on drop.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::deferred::DeferredDeletions;
 
 use crate::lock_file::LockFile;
 use crate::owner::Owner;
@@ -15,7 +18,15 @@ pub struct PathLocks {
     owner: Owner,
     /// In lock order.
     locks: Vec<(PathBuf, LockFile)>,
-    delete_on_release: bool,
+    deletion: Deletion,
+}
+
+/// What a release does with the lock files.
+#[derive(Debug)]
+enum Deletion {
+    Keep,
+    Now,
+    Later(Arc<DeferredDeletions>),
 }
 
 impl PathLocks {
@@ -53,7 +64,18 @@ impl PathLocks {
     /// once every later locker will find the paths valid, as Nix does after
     /// a successful build, so the store is not littered with `.lock` files.
     pub fn set_delete_on_release(&mut self, delete: bool) {
-        self.delete_on_release = delete;
+        self.deletion = if delete {
+            Deletion::Now
+        } else {
+            Deletion::Keep
+        };
+    }
+
+    /// As [`PathLocks::set_delete_on_release`], but releasing keeps the
+    /// lock files and leaves their deletion to `later` (see
+    /// [`DeferredDeletions`] for why).
+    pub fn delete_later(&mut self, later: &Arc<DeferredDeletions>) {
+        self.deletion = Deletion::Later(Arc::clone(later));
     }
 
     /// Releases one path now, keeping the others. `false` if it was not
@@ -75,7 +97,7 @@ impl PathLocks {
         PathLocks {
             owner,
             locks: Vec::new(),
-            delete_on_release: false,
+            deletion: Deletion::Keep,
         }
     }
 
@@ -88,8 +110,10 @@ impl PathLocks {
     fn release_all(&self, locks: Vec<(PathBuf, LockFile)>) {
         let mut paths = Vec::with_capacity(locks.len());
         for (path, file) in locks {
-            if self.delete_on_release {
-                file.delete();
+            match &self.deletion {
+                Deletion::Keep => {}
+                Deletion::Now => file.delete(),
+                Deletion::Later(later) => later.keep(&path),
             }
             tracing::debug!(lock_path = %file.lock_path().display(), owner = %self.owner, "lock released");
             // Closing the only descriptor of the open file description

@@ -11,6 +11,8 @@
 //!   worker's event loop ([`Timer`] and [`Backoff`] drive retries).
 //! - [`lock_blocking`]: for tools without an event loop.
 //! - [`PathLocks`]: the guard; dropping it releases the set.
+//! - [`DeferredDeletions`]: lock files a release kept, deleted together
+//!   later (a worker's thousands of deletions slow file creation down).
 //! - [`snapshot`]: who holds what and who waits for what ([`LockSnapshot`]),
 //!   for wait-for-graph cycle checks and "waiting for lock" messages.
 //! - [`lock_file_path`]: the lock file Nix uses for a path.
@@ -57,6 +59,7 @@
 //! to its timer, so it is late, never wrong.
 
 mod acquire;
+mod deferred;
 mod error;
 mod guard;
 mod lock_file;
@@ -69,6 +72,7 @@ mod wait;
 pub mod test_support;
 
 pub use acquire::{lock_blocking, try_lock};
+pub use deferred::DeferredDeletions;
 pub use error::{Busy, Error, Holder, TryLockError};
 pub use guard::PathLocks;
 pub use lock_file::lock_file_path;
