@@ -261,19 +261,19 @@ impl LocalStore {
         let (ca_hash, nar) = match (options.method, text) {
             (ContentAddressMethod::Text, Some(contents)) => (
                 HashAlgo::Sha256.digest(contents),
-                dumper.hash_path(&copy, HashAlgo::Sha256)?,
+                dumper.hash_path(copy, HashAlgo::Sha256)?,
             ),
             (ContentAddressMethod::Flat, _) => (
-                dumper.hash_file_flat(&copy, options.hash_algo)?,
-                dumper.hash_path(&copy, HashAlgo::Sha256)?,
+                dumper.hash_file_flat(copy, options.hash_algo)?,
+                dumper.hash_path(copy, HashAlgo::Sha256)?,
             ),
             _ if options.hash_algo == HashAlgo::Sha256 => {
-                let nar = dumper.hash_path(&copy, HashAlgo::Sha256)?;
+                let nar = dumper.hash_path(copy, HashAlgo::Sha256)?;
                 (nar.hash, nar)
             }
             _ => {
                 let (hashes, size) =
-                    dumper.hash_path_multi(&copy, &[HashAlgo::Sha256, options.hash_algo])?;
+                    dumper.hash_path_multi(copy, &[HashAlgo::Sha256, options.hash_algo])?;
                 let nar = larder_store_core::nar::NarHash {
                     hash: hashes[0],
                     size,
