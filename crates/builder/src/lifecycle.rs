@@ -3,8 +3,9 @@
 //! [`RunningBuild`], [`RunningBuild::unprepare`] an [`UnpreparedBuild`], and
 //! [`UnpreparedBuild::register_outputs`] (with a [`LocksHeld`] proof) the
 //! [`BuildOutputs`]. Dropping any of them, or any error, cleans up: the
-//! process group is killed, and the build directory, the scratch outputs
-//! and the staged outputs are deleted. Nothing here blocks while the
+//! process group is killed, the build directory is emptied and kept for
+//! reuse (see [`crate::build_dir_pool`]) or deleted, and the scratch
+//! outputs and the staged outputs are deleted. Nothing here blocks while the
 //! builder runs; the caller polls [`RunningBuild::log_fd`] and
 //! [`RunningBuild::exit_fd`].
 
