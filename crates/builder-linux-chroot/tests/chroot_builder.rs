@@ -572,3 +572,40 @@ fn the_builder_sees_its_inputs_read_only_and_the_build_dir_at_slash_build() {
     assert_eq!(fs::read(t.real(&input)).unwrap(), b"input\n");
     assert!(out.references.is_empty());
 }
+
+#[test]
+fn a_reused_build_dir_looks_new_to_the_next_sandboxed_builder() {
+    let Some(sandbox) = sandbox() else { return };
+    let t = TestStore::new(sandbox);
+    let report = "stat -c '%i %a %u %g' /build; ls -A /build | wc -l";
+    // The first builder reports its fresh directory, then leaves files, an
+    // unreadable folder and a mode of its own there.
+    let first = sh_drv(
+        t.store_dir(),
+        "first",
+        &format!(
+            "{{ {report}; }} > $out; mkdir -p /build/a/b; echo x > /build/a/b/f; \
+             echo y > /build/.h; chmod 0 /build/a; chmod 2755 /build"
+        ),
+    );
+    let (log, result) = t.build(&first);
+    let first = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    let second = sh_drv(t.store_dir(), "second", &format!("{{ {report}; }} > $out"));
+    let (log, result) = t.build(&second);
+    let second = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    let seen =
+        |outputs: &BuildOutputs| fs::read_to_string(t.real(&outputs.outputs["out"].path)).unwrap();
+    assert_eq!(seen(&second), seen(&first));
+    // The same directory (inode), mode 0700, the same owner, empty.
+    let fields: Vec<String> = seen(&second)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(fields[1], "700", "{fields:?}");
+    assert_eq!(fields[4], "0", "{fields:?}");
+    larder_builder::release_spare_build_dirs();
+    assert_eq!(
+        fs::read_dir(t.dir.path().join("builds")).unwrap().count(),
+        0
+    );
+}

@@ -25,6 +25,9 @@
 //! without one.
 //!
 //! - [`builder`]: [`DerivationBuilder`] and [`GenericBuilder`].
+//! - [`build_dir_pool`]: build directories reused instead of deleted;
+//!   [`release_spare_build_dirs`] (or a [`SpareBuildDirs`] guard) deletes
+//!   the spares when the process is done building.
 //! - [`lifecycle`]: the stage types and [`prepare`].
 //! - [`process`]: spawning in a process group, the log pipe, exit status.
 //! - [`env`](mod@env): the builder's environment; [`structured_attrs`]: `.attrs.json`
@@ -34,6 +37,7 @@
 //! - [`error`]: [`BuildError`] and [`FailureKind`].
 //! - `test_support` (feature `test-support`): a blocking driver for tests.
 
+pub mod build_dir_pool;
 pub mod builder;
 pub mod checks;
 pub mod env;
@@ -48,6 +52,7 @@ pub mod test_support;
 
 mod fsops;
 
+pub use build_dir_pool::{MAX_SPARES_PER_PARENT, SpareBuildDirs, release_spare_build_dirs};
 pub use builder::{DerivationBuilder, GenericBuilder};
 pub use error::{BuildError, FailureKind};
 pub use lifecycle::{

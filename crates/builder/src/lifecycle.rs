@@ -3,8 +3,9 @@
 //! [`RunningBuild`], [`RunningBuild::unprepare`] an [`UnpreparedBuild`], and
 //! [`UnpreparedBuild::register_outputs`] (with a [`LocksHeld`] proof) the
 //! [`BuildOutputs`]. Dropping any of them, or any error, cleans up: the
-//! process group is killed, and the build directory, the scratch outputs
-//! and the staged outputs are deleted. Nothing here blocks while the
+//! process group is killed, the build directory is emptied and kept for
+//! reuse (see [`crate::build_dir_pool`]) or deleted, and the scratch
+//! outputs and the staged outputs are deleted. Nothing here blocks while the
 //! builder runs; the caller polls [`RunningBuild::log_fd`] and
 //! [`RunningBuild::exit_fd`].
 
@@ -27,6 +28,7 @@ use larder_store_core::{
 use larder_store_core::{nar, references};
 use rustix::process::Pid;
 
+use crate::build_dir_pool;
 use crate::builder::DerivationBuilder;
 use crate::checks::{CheckedPath, OutputChecks, check_outputs, parse_output_checks};
 use crate::env::{BuilderEnv, EnvInputs, structured_attrs};
@@ -268,8 +270,10 @@ pub enum LimitExceeded {
 /// the exit and the log reached end-of-file (or a limit killed it).
 #[derive(Debug)]
 pub struct RunningBuild {
-    state: BuildState,
+    // Dropped first: the builder is killed before its build directory is
+    // emptied for reuse (fields drop in declaration order).
     child: Child,
+    state: BuildState,
     log: Option<OwnedFd>,
     exit_fd: Option<OwnedFd>,
     started: Instant,
@@ -982,7 +986,7 @@ impl BuildState {
             }
         }
         if success || !self.ctx.settings.keep_failed {
-            if let Err(e) = fsops::delete_path(&self.ctx.build_dir) {
+            if let Err(e) = build_dir_pool::give_back(&self.ctx.build_dir) {
                 tracing::warn!("cleaning up after '{}': {e}", self.ctx.drv_display());
             }
         } else {
@@ -1046,7 +1050,7 @@ impl BuildState {
         // Nothing needs the build directory any more, and a hard link the
         // builder left there must not count as one outside the outputs.
         if !self.ctx.settings.keep_failed {
-            fsops::delete_path(&self.ctx.build_dir)?;
+            build_dir_pool::give_back(&self.ctx.build_dir)?;
         }
         let ctx = &self.ctx;
         let drv_display = ctx.drv_display();
@@ -1469,7 +1473,8 @@ fn registration_text(store: &LocalStore, ctx: &BuildContext, path: &str) -> Resu
     Ok(text)
 }
 
-/// Creates `<build dir>/nix-build-<drv name>-<pid>-<n>`, mode 0700.
+/// Makes `<build dir>/nix-build-<drv name>-<pid>-<n>`, empty, mode 0700:
+/// a spare directory of an earlier build renamed, or a new one.
 fn create_build_dir(settings: &BuildSettings, drv_path: &StorePath) -> Result<PathBuf> {
     let parent = settings
         .build_dir
@@ -1477,14 +1482,9 @@ fn create_build_dir(settings: &BuildSettings, drv_path: &StorePath) -> Result<Pa
         .unwrap_or_else(std::env::temp_dir);
     fs::create_dir_all(&parent).at("creating", &parent)?;
     let pid = std::process::id();
-    loop {
-        let dir = parent.join(format!("nix-build-{}-{pid}-{}", drv_path.name(), next_id()));
-        match fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(BuildError::io("creating build directory", &dir, &e)),
-        }
-    }
+    build_dir_pool::take(&parent, || {
+        format!("nix-build-{}-{pid}-{}", drv_path.name(), next_id())
+    })
 }
 
 /// This process's private directory (mode 0700) in the store's scratch

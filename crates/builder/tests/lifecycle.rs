@@ -450,15 +450,25 @@ fn log_limit_kills() {
 }
 
 /// No build directory, staging directory or unregistered store object is
-/// left.
+/// left; spare build directories kept for reuse are empty and private.
 fn assert_no_leftovers(t: &TestStore) {
+    use std::os::unix::fs::PermissionsExt;
     let builds = t.dir.path().join("builds");
     if builds.exists() {
-        assert_eq!(
-            std::fs::read_dir(&builds).unwrap().count(),
-            0,
-            "build directories left"
-        );
+        let spare = format!(".larder-spare-{}-", std::process::id());
+        for entry in std::fs::read_dir(&builds).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert!(name.starts_with(&spare), "build directory left: {name}");
+            let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+            assert!(meta.is_dir(), "spare {name} is not a directory");
+            assert_eq!(meta.permissions().mode() & 0o7777, 0o700, "spare {name}");
+            assert_eq!(
+                std::fs::read_dir(entry.path()).unwrap().count(),
+                0,
+                "spare {name} is not empty"
+            );
+        }
     }
     // The only entry a build may leave in the scratch area is this
     // process's staging directory, empty.
