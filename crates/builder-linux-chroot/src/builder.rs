@@ -162,8 +162,8 @@ impl ChrootBuilder {
         // The outputs are built in the chroot's store, so an output path
         // that is also an input (a rebuild in check mode) is not bound.
         let outputs: Vec<&StorePath> = ctx.scratch_outputs.values().collect();
-        for input in &ctx.input_closure {
-            if !outputs.contains(&input) {
+        for input in ctx.input_closure.paths() {
+            if !outputs.contains(&&input) {
                 spec.add_input(ctx.real_store_dir.join(input.as_str()), input.as_str());
             }
         }

@@ -18,9 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use larder_local_store::{LocalStore, PathInfo};
+use larder_local_store::{ClosureSet, LocalStore, PathInfo};
 use larder_store_core::canonicalise::{self, CanonicaliseError, Canonicaliser, PolicyError};
 use larder_store_core::derivation::{Derivation, DerivationKind, DerivationOutput};
+use larder_store_core::nar::Dumper;
+use larder_store_core::references::RefScanner;
 use larder_store_core::store_path::{StoreReferences, output_path_name};
 use larder_store_core::{
     ContentAddress, ContentAddressMethod, Hash, HashAlgo, StoreDir, StorePath,
@@ -75,10 +77,11 @@ pub struct BuildContext {
     /// Where each output is built: its known path, or a scratch path when
     /// that is valid already (check mode) or not known (floating).
     pub scratch_outputs: BTreeMap<String, StorePath>,
-    /// The closure of the inputs: every path the builder may refer to,
-    /// each once, in no particular order (a deep DAG's closures hold
-    /// thousands of paths, which ordering made cost time in each build).
-    pub input_closure: Vec<StorePath>,
+    /// The closure of the inputs: every path the builder may refer to. A
+    /// set of the store's interned paths, since a deep DAG's closures hold
+    /// thousands of paths that listing by name made cost time in each
+    /// build; [`ClosureSet::paths`] lists them where a builder needs them.
+    pub input_closure: ClosureSet,
     /// Placeholders and known paths rewritten to scratch paths.
     pub input_rewrites: Rewrites,
     /// The builder's environment and the files written for it.
@@ -1125,16 +1128,13 @@ impl BuildState {
         self.owned_paths.clear();
 
         // References: the input closure and every output.
-        let candidates = ctx.input_closure.iter().chain(ctx.scratch_outputs.values());
         let discard = discarded_references(ctx)?;
         let mut refs: BTreeMap<String, BTreeSet<StorePath>> = BTreeMap::new();
         for (name, path) in &staged {
             let found = if discard.contains(name) {
                 BTreeSet::new()
             } else {
-                references::scan_path(path, candidates.clone()).map_err(|e| {
-                    BuildError::misc(format!("scanning '{}' for references: {e}", path.display()))
-                })?
+                scan_references(ctx, path)?
             };
             refs.insert(name.clone(), found);
         }
@@ -1388,11 +1388,7 @@ fn fallback_path(store_dir: &StoreDir, path_type: &str, name: &str) -> Result<St
 
 /// The closure of the derivation's inputs: its input sources and the
 /// outputs it uses of its input derivations, with everything they refer to.
-fn input_closure(
-    store: &LocalStore,
-    drv_path: &StorePath,
-    drv: &Derivation,
-) -> Result<Vec<StorePath>> {
+fn input_closure(store: &LocalStore, drv_path: &StorePath, drv: &Derivation) -> Result<ClosureSet> {
     let store_dir = store.store_dir();
     let drv_display = store_dir.display(drv_path);
     let misc = |e: larder_local_store::Error| BuildError::misc(e.to_string());
@@ -1422,12 +1418,46 @@ fn input_closure(
             roots.insert(path.clone());
         }
     }
-    store.query_closure_unordered(&roots).map_err(|e| match e {
+    store.query_closure_set(&roots).map_err(|e| match e {
         larder_local_store::Error::NotValid(path) => BuildError::misc(format!(
             "dependency '{path}' of '{drv_display}' is not valid"
         )),
         other => misc(other),
     })
+}
+
+/// Distinct runs of digits an output may hold before its references are
+/// found by listing every candidate instead (far beyond what real outputs
+/// hold; the bound keeps a pathological output from costing memory).
+const COLLECTED_HASH_PARTS: usize = 1 << 16;
+
+/// The references of the output staged at `path`: the paths of the input
+/// closure and the outputs whose hash part its NAR holds, as Nix's scan
+/// finds them. The hash parts the output mentions are collected first and
+/// then looked up, so the cost does not grow with the size of the closure.
+fn scan_references(ctx: &BuildContext, path: &Path) -> Result<BTreeSet<StorePath>> {
+    let scan_error =
+        |e| BuildError::misc(format!("scanning '{}' for references: {e}", path.display()));
+    let mut collector = RefScanner::collecting(COLLECTED_HASH_PARTS);
+    Dumper::new()
+        .dump(path, &mut collector)
+        .map_err(scan_error)?;
+    if collector.overflowed() {
+        let inputs = ctx.input_closure.paths();
+        return references::scan_path(path, inputs.iter().chain(ctx.scratch_outputs.values()))
+            .map_err(scan_error);
+    }
+    let mut found = BTreeSet::new();
+    for hash_part in collector.found() {
+        found.extend(
+            ctx.scratch_outputs
+                .values()
+                .filter(|output| output.hash_part() == hash_part)
+                .cloned(),
+        );
+        found.extend(ctx.input_closure.member_by_hash_part(hash_part));
+    }
+    Ok(found)
 }
 
 /// Nix's `makeValidityRegistration` without derivers or hashes, for

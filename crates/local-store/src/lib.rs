@@ -10,6 +10,7 @@
 //! - [`schema`]: the database schema and its version.
 //! - [`store`]: [`LocalStore`]: open, query, register, invalidate.
 //! - [`path_info`]: [`PathInfo`], a valid path's metadata, and its JSON.
+//! - [`reference_graph`]: [`ClosureSet`], closures as sets of interned paths.
 //! - [`add`]: adding files, trees and texts ([`AddOptions`], [`StagedPath`]).
 //! - [`derivations`]: writing and reading `.drv` files.
 //! - [`verify`]: checking the store against its database ([`VerifyReport`]).
@@ -22,6 +23,7 @@ pub mod error;
 pub mod layout;
 pub mod logs;
 pub mod path_info;
+pub mod reference_graph;
 pub mod schema;
 pub mod store;
 pub mod verify;
@@ -29,7 +31,6 @@ pub mod verify;
 mod db;
 mod fsutil;
 mod ingest;
-mod reference_graph;
 #[cfg(test)]
 mod test_util;
 
@@ -38,6 +39,7 @@ pub use error::{Error, Result};
 pub use layout::StoreLayout;
 pub use logs::{BuildLogWriter, LogCompression};
 pub use path_info::{PathInfo, PathInfoJson};
+pub use reference_graph::ClosureSet;
 pub use schema::SCHEMA_VERSION;
 pub use store::{LocalStore, StoreSettings};
 pub use verify::{VerifyProblem, VerifyReport};

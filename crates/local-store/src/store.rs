@@ -13,7 +13,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, FileLock};
 use crate::layout::StoreLayout;
 use crate::path_info::PathInfo;
-use crate::reference_graph::ReferenceGraph;
+use crate::reference_graph::{ClosureSet, SharedGraph};
 use crate::schema::SCHEMA_VERSION;
 
 /// How careful the store is about durability.
@@ -77,7 +77,7 @@ pub struct LocalStore {
     /// made each build of a deep DAG cost time in the size of the DAG.
     /// An entry is dropped when this handle registers or invalidates its
     /// path (references only grow while a path stays valid).
-    references: Mutex<ReferenceGraph>,
+    references: SharedGraph,
     /// Lock files of paths this handle added, deleted when it is dropped
     /// rather than one by one (see `DeferredDeletions`).
     pub(crate) deferred_deletions: Arc<DeferredDeletions>,
@@ -178,7 +178,7 @@ impl LocalStore {
             settings,
             db: Mutex::new(db),
             hash_cache: Mutex::new(hash_cache),
-            references: Mutex::new(ReferenceGraph::default()),
+            references: SharedGraph::default(),
             deferred_deletions: Arc::new(DeferredDeletions::new()),
             scratch_folder: OnceLock::new(),
             _big_lock: big_lock,
@@ -250,20 +250,20 @@ impl LocalStore {
     /// [`Error::NotValid`] naming a root that is not valid, or when the
     /// database fails.
     pub fn query_closure(&self, roots: &BTreeSet<StorePath>) -> Result<BTreeSet<StorePath>> {
-        Ok(self.query_closure_unordered(roots)?.into_iter().collect())
+        Ok(self.query_closure_set(roots)?.paths().into_iter().collect())
     }
 
-    /// As [`LocalStore::query_closure`], in no particular order (each path
-    /// once), without the cost of ordering: for a build's input closure,
-    /// which may hold thousands of paths and is needed once per build.
+    /// As [`LocalStore::query_closure`], as a [`ClosureSet`]: cheap to
+    /// make and to query by hash part, for a build's input closure, which
+    /// may hold thousands of paths of which its outputs mention a few.
     ///
     /// # Errors
     ///
     /// As [`LocalStore::query_closure`].
-    pub fn query_closure_unordered<'r>(
+    pub fn query_closure_set<'r>(
         &self,
         roots: impl IntoIterator<Item = &'r StorePath> + Clone,
-    ) -> Result<Vec<StorePath>> {
+    ) -> Result<ClosureSet> {
         let db = self.db();
         // Roots are checked in the database every time; what a valid path
         // refers to is valid too, so the rest of the walk may trust the
@@ -273,7 +273,7 @@ impl LocalStore {
                 return Err(Error::NotValid(self.print_path(root)));
             }
         }
-        self.reference_graph()
+        self.references
             .closure(roots, |path| Ok(db.references(path)?.into_iter().collect()))
     }
 
@@ -415,19 +415,9 @@ impl LocalStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The cache of references (taken after [`LocalStore::db`] when both
-    /// are held).
-    fn reference_graph(&self) -> MutexGuard<'_, ReferenceGraph> {
-        // A panic mid-walk leaves a consistent graph: a node's references
-        // are set in one assignment, from a complete database answer.
-        self.references
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Drops the cached references of `paths`, whose registration changed.
     fn forget_references<'p>(&self, paths: impl IntoIterator<Item = &'p StorePath>) {
-        let mut graph = self.reference_graph();
+        let mut graph = self.references.lock();
         for path in paths {
             graph.forget(path);
         }

@@ -47,6 +47,15 @@ pub struct RefScanner {
     /// find matches that straddle two chunks.
     tail: [u8; HASH_PART_LEN - 1],
     tail_len: usize,
+    /// `Some` for a scanner made by [`RefScanner::collecting`].
+    collecting: Option<Collecting>,
+}
+
+/// The state of a scanner that collects every hash part it sees.
+#[derive(Clone, Copy)]
+struct Collecting {
+    limit: usize,
+    overflowed: bool,
 }
 
 impl RefScanner {
@@ -91,9 +100,34 @@ impl RefScanner {
         scanner
     }
 
+    /// A scanner without candidates that collects every distinct run of
+    /// 32 nix32 digits it sees (each window of a longer run), up to
+    /// `limit` of them: the hash parts a stream may refer to, to be
+    /// matched afterwards against candidates that are costly to list (a
+    /// build's input closure). Beyond `limit` it notes that it
+    /// [overflowed](RefScanner::overflowed) and collects no more.
+    #[must_use]
+    pub fn collecting(limit: usize) -> Self {
+        Self {
+            collecting: Some(Collecting {
+                limit,
+                overflowed: false,
+            }),
+            ..Self::empty()
+        }
+    }
+
+    /// Whether a [collecting](RefScanner::collecting) scanner saw more
+    /// distinct hash parts than its limit (then [`RefScanner::found`]
+    /// misses some).
+    #[must_use]
+    pub fn overflowed(&self) -> bool {
+        self.collecting.is_some_and(|c| c.overflowed)
+    }
+
     /// Scans the next chunk of the stream.
     pub fn update(&mut self, chunk: &[u8]) {
-        if self.found_count == self.candidates.len() {
+        if self.collecting.is_none() && self.found_count == self.candidates.len() {
             return;
         }
         // Windows that begin in the tail and end in this chunk.
@@ -158,6 +192,7 @@ impl RefScanner {
             found_count: 0,
             tail: [0; HASH_PART_LEN - 1],
             tail_len: 0,
+            collecting: None,
         }
     }
 
@@ -199,6 +234,21 @@ impl RefScanner {
     }
 
     fn check(&mut self, window: &[u8]) {
+        if let Some(collecting) = &mut self.collecting {
+            if let Ok(bytes) = <[u8; HASH_PART_LEN]>::try_from(window)
+                && !self.index.contains_key(&bytes)
+            {
+                if self.candidates.len() < collecting.limit {
+                    self.add(bytes);
+                    let last = self.found.len() - 1;
+                    self.found[last] = true;
+                    self.found_count += 1;
+                } else {
+                    collecting.overflowed = true;
+                }
+            }
+            return;
+        }
         let prefix = prefix_of(window);
         if self.prefixes[prefix / 64] & (1 << (prefix % 64)) == 0 {
             return;
@@ -453,7 +503,36 @@ mod tests {
                 scanner.update(&haystack[pair[0]..pair[1]]);
             }
             let found: BTreeSet<String> = scanner.found().map(str::to_owned).collect();
-            prop_assert_eq!(found, naive(&haystack, &all));
+            prop_assert_eq!(&found, &naive(&haystack, &all));
+
+            // A collecting scanner sees every window of digits: matched
+            // against the candidates afterwards, it finds the same.
+            let mut collector = RefScanner::collecting(usize::MAX);
+            for pair in cut_points.windows(2) {
+                collector.update(&haystack[pair[0]..pair[1]]);
+            }
+            prop_assert!(!collector.overflowed());
+            let windows: BTreeSet<&str> = collector.found().collect();
+            let matched: BTreeSet<String> =
+                all.iter().filter(|c| windows.contains(c.as_str())).cloned().collect();
+            prop_assert_eq!(matched, found);
         }
+    }
+
+    #[test]
+    fn collecting_stops_at_its_limit_and_says_so() {
+        let mut collector = RefScanner::collecting(1);
+        collector.update(format!("{A} and {B}").as_bytes());
+        assert!(collector.overflowed());
+        assert_eq!(collector.found().collect::<Vec<_>>(), [A]);
+
+        let mut roomy = RefScanner::collecting(2);
+        roomy.update(format!("{A} and {B} and {A}").as_bytes());
+        assert!(!roomy.overflowed());
+        assert_eq!(roomy.found_count(), 2);
+        // A run of 33 digits holds two windows.
+        let mut run = RefScanner::collecting(10);
+        run.update(format!("{A}0").as_bytes());
+        assert_eq!(run.found_count(), 2);
     }
 }

@@ -68,6 +68,10 @@ pub(crate) fn run(args: &BuildArgs, global: &super::GlobalArgs) -> Result<ExitCo
     // neither creates a store nor touches one.
     let files = read_files(args, &global.store_dir()?)?;
     let store = Arc::new(global.open_store()?);
+    // Builds hand their emptied folders back for the next build to reuse;
+    // declared before everything that builds, this goes last and deletes
+    // the spares whichever way the command ends.
+    let _spare_build_dirs = larder_builder::SpareBuildDirs::new();
     // The sandbox is checked before anything is imported, so that a
     // machine without namespaces fails the command with nothing written.
     let new_builder = builder_factory(args.no_sandbox, &store)?;
