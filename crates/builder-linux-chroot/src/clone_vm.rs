@@ -356,6 +356,30 @@ pub(crate) mod tests {
         }
     }
 
+    /// 200 MiB of touched heap: a parent whose page tables a fork-style
+    /// child would copy. [`assert_heap_intact`] checks it after the spawns.
+    pub(crate) fn big_heap() -> Vec<u8> {
+        vec![1u8; 200 << 20]
+    }
+
+    /// The children shared the heap of [`big_heap`] and changed nothing.
+    pub(crate) fn assert_heap_intact(heap: &[u8]) {
+        let sum: usize = heap.iter().step_by(4096).map(|&b| usize::from(b)).sum();
+        assert_eq!(sum, 200 << 8);
+    }
+
+    /// The calling thread's mask is `blocked` again after a spawn.
+    pub(crate) fn assert_mask_is(blocked: &libc::sigset_t) {
+        let after = current_mask();
+        for signal in 1..=64 {
+            assert_eq!(
+                is_member(&after, signal),
+                is_member(blocked, signal),
+                "signal {signal}: the spawning thread's mask was not restored"
+            );
+        }
+    }
+
     pub(crate) fn set_mask(mask: &libc::sigset_t) {
         // SAFETY: reads a set on the caller's frame.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
@@ -401,7 +425,7 @@ pub(crate) mod tests {
         let old = block(&[libc::SIGUSR1, libc::SIGTERM, libc::SIGINT]);
         // A parent with 200 MiB resident: the children share it rather
         // than copy its page tables.
-        let heap = vec![1u8; 200 << 20];
+        let heap = big_heap();
         for _ in 0..20 {
             let (status_text, status) = vfork_sh("cat /proc/self/status");
             assert_eq!(status.exit_status(), Some(0), "{status_text}");
@@ -410,13 +434,7 @@ pub(crate) mod tests {
             let ignored = status_mask(&status_text, "SigIgn:");
             assert_eq!(ignored, ignored_but_sigpipe(), "{status_text}");
         }
-        assert_eq!(
-            heap.iter()
-                .step_by(4096)
-                .map(|&b| usize::from(b))
-                .sum::<usize>(),
-            200 << 8
-        );
+        assert_heap_intact(&heap);
         let mask = current_mask();
         set_mask(&old);
         assert!(is_member(&mask, libc::SIGUSR1), "the mask was not restored");

@@ -386,8 +386,8 @@ fn setup_and_exec(plan: &Plan, fds: Fds) -> Result<Never, (Step, Errno)> {
 mod tests {
     use super::*;
     use crate::clone_vm::tests::{
-        block, children_of_this_thread, current_mask, ignored_but_sigpipe, install_usr1_handler,
-        is_member, set_mask, status_mask,
+        assert_heap_intact, assert_mask_is, big_heap, block, children_of_this_thread, current_mask,
+        ignored_but_sigpipe, install_usr1_handler, is_member, set_mask, status_mask,
     };
     use std::io::Read;
     use std::path::PathBuf;
@@ -453,7 +453,7 @@ mod tests {
         let blocked = current_mask();
         // 200 MiB resident, which the children share instead of copying
         // its page tables.
-        let heap = vec![1u8; 200 << 20];
+        let heap = big_heap();
         for _ in 0..20 {
             let spawned = spawn_in_temp(&sh("cat /proc/self/status")).expect("spawn");
             let (log, code) = finish(spawned);
@@ -461,22 +461,9 @@ mod tests {
             assert_eq!(status_mask(&log, "SigBlk:"), 0, "{log}");
             assert_eq!(status_mask(&log, "SigCgt:"), 0, "{log}");
             assert_eq!(status_mask(&log, "SigIgn:"), ignored_but_sigpipe(), "{log}");
-            let after = current_mask();
-            for signal in 1..=64 {
-                assert_eq!(
-                    is_member(&after, signal),
-                    is_member(&blocked, signal),
-                    "signal {signal}: the spawning thread's mask was not restored"
-                );
-            }
+            assert_mask_is(&blocked);
         }
-        assert_eq!(
-            heap.iter()
-                .step_by(4096)
-                .map(|&b| usize::from(b))
-                .sum::<usize>(),
-            200 << 8
-        );
+        assert_heap_intact(&heap);
         set_mask(&old);
     }
 

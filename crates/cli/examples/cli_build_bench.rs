@@ -151,7 +151,7 @@ fn main() -> Result<()> {
             "MiB",
             PEER,
             peer.as_ref().map(Run::peak_mib),
-            if n >= 5_000 { "< 100 MiB" } else { "" },
+            if n == 5_000 { "< 100 MiB" } else { "" },
         );
         per_drv_at.insert(n, run.per_drv(n));
         if run.wall > SCALING_BUDGET {
