@@ -33,7 +33,7 @@ use larder_local_store::LocalStore;
 use larder_store_core::StorePath;
 use larder_store_core::derivation::DerivationKind;
 
-use crate::chroot::{Chroot, remove_tree};
+use crate::chroot::Chroot;
 use crate::namespaces::SavedNamespaces;
 use crate::rescue::{Rescue, rescue_outputs_from};
 use crate::spec::{BindMount, ChrootSpec, Command, Network, SANDBOX_BUILD_DIR};
@@ -312,8 +312,10 @@ impl DerivationBuilder for ChrootBuilder {
         {
             tracing::warn!("cleaning up after '{}': {e}", ctx.drv_display());
         }
+        // Emptied and kept for the next sandbox where it can be (the
+        // builder's `give_back_dir`), deleted otherwise.
         for dir in [self.dir.clone(), self.held_outputs()] {
-            if let Err(e) = remove_tree(&dir) {
+            if let Err(e) = larder_builder::give_back_dir(&dir) {
                 tracing::warn!(
                     "cleaning up after '{}': deleting {}: {e}",
                     ctx.drv_display(),

@@ -118,7 +118,19 @@ impl Chroot {
         check_target(&spec.build_dir_in_sandbox)?;
         let dir = spec.dir.clone();
         remove_tree(&dir).map_err(SandboxError::io("deleting the old chroot", &dir))?;
-        create_dir_mode(&dir, 0o1775)?;
+        // A spare folder renamed, where the process has one: creating and
+        // deleting a folder per build slows file creation down (see the
+        // builder's `take_dir`).
+        match (dir.parent(), dir.file_name().and_then(|n| n.to_str())) {
+            (Some(parent), Some(name)) => {
+                larder_builder::take_dir(parent, name)
+                    .map_err(|e| io::Error::other(e.to_string()))
+                    .map_err(SandboxError::io("creating", &dir))?;
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o1775))
+                    .map_err(SandboxError::io("changing the mode of", &dir))?;
+            }
+            _ => create_dir_mode(&dir, 0o1775)?,
+        }
 
         let mut layout = Layout {
             root: dir.clone(),
@@ -172,7 +184,9 @@ impl Chroot {
     /// Deletes the chroot from the host, reporting failure.
     pub fn remove(mut self) -> Result<(), SandboxError> {
         self.removed = true;
-        remove_tree(&self.dir).map_err(SandboxError::io("deleting the chroot", &self.dir))
+        larder_builder::give_back_dir(&self.dir)
+            .map_err(|e| io::Error::other(e.to_string()))
+            .map_err(SandboxError::io("deleting the chroot", &self.dir))
     }
 }
 

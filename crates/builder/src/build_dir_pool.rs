@@ -79,6 +79,43 @@ impl Drop for SpareBuildDirs {
     }
 }
 
+/// An empty directory (mode 0700) named `name` in `parent`, for a folder
+/// other than the build directory that each build makes and deletes (a
+/// sandbox's chroot): a spare renamed, or a new one. Hand it back with
+/// [`give_back_dir`].
+///
+/// # Errors
+///
+/// When `name` exists in `parent` or the directory cannot be created.
+pub fn take_dir(parent: &Path, name: &str) -> Result<PathBuf> {
+    let dir = parent.join(name);
+    if let Some(spare) = take_spare(parent) {
+        match rename_noreplace(&spare, &dir) {
+            Ok(()) if fit_for_reuse(&dir) => return Ok(dir),
+            Ok(()) => discard(&dir),
+            Err(e) => {
+                tracing::debug!("reusing spare '{}': {e}", spare.display());
+                discard(&spare);
+            }
+        }
+    }
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| BuildError::io("creating directory", &dir, &e))?;
+    Ok(dir)
+}
+
+/// Done with a directory of [`take_dir`]: kept as a spare (emptied and
+/// checked as a build directory is) or deleted.
+///
+/// # Errors
+///
+/// When it must be deleted and cannot be.
+pub fn give_back_dir(dir: &Path) -> Result<()> {
+    give_back(dir)
+}
+
 /// A fresh, empty build directory (mode 0700) in `parent` named by
 /// `fresh_name`: a spare renamed, or a new one. `parent` must exist.
 pub(crate) fn take(parent: &Path, mut fresh_name: impl FnMut() -> String) -> Result<PathBuf> {

@@ -52,7 +52,9 @@ pub mod test_support;
 
 mod fsops;
 
-pub use build_dir_pool::{MAX_SPARES_PER_PARENT, SpareBuildDirs, release_spare_build_dirs};
+pub use build_dir_pool::{
+    MAX_SPARES_PER_PARENT, SpareBuildDirs, give_back_dir, release_spare_build_dirs, take_dir,
+};
 pub use builder::{DerivationBuilder, GenericBuilder};
 pub use error::{BuildError, FailureKind};
 pub use lifecycle::{

@@ -26,9 +26,14 @@
 //! whole run. Peak memory is the `VmHWM` of the process (its resident high-water
 //! mark), read from `/proc` every 2 ms while it runs.
 //!
+//! Before the first run the bench syncs and waits 65 s (not with `--quick`
+//! or `--no-settle`): on ext4 without a journal every inode deleted in the
+//! last minute slows down each file creation, so files deleted just before
+//! (by tests, other benches) would tax whichever tool builds first.
+//!
 //! Usage: `cli_build_bench [--quick] [--larder PATH] [--reps R] [--sizes
-//! 100,1000,...]`. The `larder` binary defaults to the one beside this
-//! example's folder (`target/release/larder`).
+//! 100,1000,...] [--no-settle]`. The `larder` binary defaults to the one
+//! beside this example's folder (`target/release/larder`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -65,6 +70,9 @@ fn main() -> Result<()> {
         println!(
             "cli_build_bench: the sandbox is not available ({reason}): sandboxed figures skipped"
         );
+    }
+    if options.settle {
+        settle_file_system()?;
     }
     let work = tempfile::Builder::new().prefix("build-bench").tempdir()?;
     let bench = Bench {
@@ -181,6 +189,8 @@ struct Options {
     larder: PathBuf,
     reps: usize,
     sizes: Vec<usize>,
+    /// Wait for the file system to forget recent deletions first.
+    settle: bool,
 }
 
 impl Options {
@@ -192,13 +202,16 @@ impl Options {
             .join("larder");
         let mut reps = 3;
         let mut sizes = vec![100, 1_000, 5_000, 10_000];
+        let mut settle = true;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--quick" => {
                     reps = 1;
                     sizes = vec![100, 1_000];
+                    settle = false;
                 }
+                "--no-settle" => settle = false,
                 "--larder" => larder = args.next().context("--larder PATH")?.into(),
                 "--reps" => reps = args.next().context("--reps R")?.parse()?,
                 "--sizes" => {
@@ -211,7 +224,7 @@ impl Options {
                 }
                 other => bail!(
                     "unknown argument '{other}'; usage: cli_build_bench [--quick] [--larder PATH] \
-                     [--reps R] [--sizes N,N,...]"
+                     [--reps R] [--sizes N,N,...] [--no-settle]"
                 ),
             }
         }
@@ -225,6 +238,7 @@ impl Options {
             larder,
             reps: reps.max(1),
             sizes,
+            settle,
         })
     }
 }
@@ -507,6 +521,28 @@ impl Run {
     fn peak_mib(&self) -> f64 {
         self.peak_kib as f64 / 1024.0
     }
+}
+
+/// How long an inode deleted on ext4 without a journal slows down every
+/// file creation in its group once its inode table block is written back
+/// (the kernel's `recently_deleted`: 60 s, or 300 s while the block is
+/// dirty), plus a margin.
+const SETTLE: Duration = Duration::from_secs(65);
+
+/// Writes everything back and waits out [`SETTLE`], so that files deleted
+/// before the bench (by tests, earlier benches, anything) tax neither
+/// tool's builds: both start from the same quiet file system.
+fn settle_file_system() -> Result<()> {
+    println!(
+        "cli_build_bench: letting the file system forget recent deletions ({} s)",
+        SETTLE.as_secs()
+    );
+    let status = Command::new("sync").status()?;
+    if !status.success() {
+        bail!("sync failed: {status}");
+    }
+    std::thread::sleep(SETTLE);
+    Ok(())
 }
 
 /// Runs `cmd` to its end, timing it and watching its peak memory; fails
