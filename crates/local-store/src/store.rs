@@ -415,6 +415,13 @@ impl LocalStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Deletes the lock files of the paths this handle added, which it
+    /// keeps until it is dropped (see `DeferredDeletions`): for a
+    /// long-lived handle, between batches of work.
+    pub fn delete_kept_lock_files(&self) {
+        self.deferred_deletions.delete_now();
+    }
+
     /// Drops the cached references of `paths`, whose registration changed.
     fn forget_references<'p>(&self, paths: impl IntoIterator<Item = &'p StorePath>) {
         let mut graph = self.references.lock();
