@@ -218,8 +218,10 @@ impl io::Write for LogFile {
 impl Drop for StoreBackend {
     fn drop(&mut self) {
         // Builds stage their outputs in this process's folder, which holds
-        // nothing once the worker is done; removing it (only if empty)
-        // spares the store a leftover that would wait for the next sweep.
+        // nothing once the worker is done but the sandboxes' spare folders;
+        // deleting those and then the folder (only if empty) spares the
+        // store a leftover that would wait for the next sweep.
+        larder_builder::release_spare_build_dirs();
         let _ = std::fs::remove_dir(larder_builder::staging_dir(&self.store));
     }
 }
