@@ -380,6 +380,15 @@ pub(crate) mod tests {
         }
     }
 
+    /// Checks that the mask `block(&[blocked])` set survived a spawn, then
+    /// restores `old`.
+    pub(crate) fn restore_mask_checking(old: &libc::sigset_t, blocked: libc::c_int) {
+        let mask = current_mask();
+        set_mask(old);
+        assert!(is_member(&mask, blocked), "the mask was not restored");
+        assert!(!is_member(&mask, libc::SIGHUP), "the mask was not restored");
+    }
+
     pub(crate) fn set_mask(mask: &libc::sigset_t) {
         // SAFETY: reads a set on the caller's frame.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
@@ -435,10 +444,7 @@ pub(crate) mod tests {
             assert_eq!(ignored, ignored_but_sigpipe(), "{status_text}");
         }
         assert_heap_intact(&heap);
-        let mask = current_mask();
-        set_mask(&old);
-        assert!(is_member(&mask, libc::SIGUSR1), "the mask was not restored");
-        assert!(!is_member(&mask, libc::SIGHUP), "the mask was not restored");
+        restore_mask_checking(&old, libc::SIGUSR1);
     }
 
     #[test]
