@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use larder_builder::test_support::run_to_unprepared;
+use larder_builder::test_support::{lock_and_register, run_to_unprepared};
 use larder_builder::{
     BuildContext, BuildError, BuildOutputs, BuildRequest, BuildSettings, BuilderCommand,
     DerivationBuilder, SpawnedBuilder, UnpreparedBuild, prepare,
@@ -128,14 +128,7 @@ impl TestStore {
 
     /// Locks what the build installs, as the worker would, and registers.
     fn register(&self, unprepared: UnpreparedBuild) -> Result<BuildOutputs, BuildError> {
-        let paths: Vec<PathBuf> = unprepared
-            .paths_to_install()
-            .iter()
-            .map(|p| self.real(p))
-            .collect();
-        let guard = larder_pathlocks::try_lock(Owner::fresh(), &paths).unwrap();
-        let proof = unprepared.locks_held(&self.store, &guard).unwrap();
-        unprepared.register_outputs(&self.store, proof)
+        lock_and_register(unprepared, &self.store)
     }
 
     /// A whole build in the sandbox.

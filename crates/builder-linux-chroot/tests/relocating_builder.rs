@@ -11,11 +11,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use larder_builder::test_support::run_to_unprepared;
+use larder_builder::test_support::{lock_and_register, run_to_unprepared};
 use larder_builder::{BuildError, BuildOutputs, BuildRequest, BuildSettings, prepare};
 use larder_builder_linux_chroot::RelocatingBuilder;
 use larder_local_store::LocalStore;
-use larder_pathlocks::Owner;
 use larder_store_core::derivation::{Derivation, DerivationOutput};
 use larder_store_core::{HashAlgo, StoreDir, StorePath};
 
@@ -75,16 +74,7 @@ impl TestStore {
         };
         let (log, result) = run_to_unprepared(running, &self.store);
         let log = String::from_utf8_lossy(&log).into_owned();
-        let result = result.and_then(|unprepared| {
-            let paths: Vec<PathBuf> = unprepared
-                .paths_to_install()
-                .iter()
-                .map(|p| self.real(p))
-                .collect();
-            let guard = larder_pathlocks::try_lock(Owner::fresh(), &paths).unwrap();
-            let proof = unprepared.locks_held(&self.store, &guard).unwrap();
-            unprepared.register_outputs(&self.store, proof)
-        });
+        let result = result.and_then(|unprepared| lock_and_register(unprepared, &self.store));
         (log, result)
     }
 }

@@ -1,14 +1,17 @@
 //! A blocking driver for the build lifecycle, for tests and simple tools:
 //! it reads the log to end-of-file with `poll(2)`, enforcing the limits,
-//! and waits for the exit. The worker has its own event loop instead.
+//! and waits for the exit ([`run_to_unprepared`]), then locks what the
+//! build installs and registers it ([`lock_and_register`]). The worker has
+//! its own event loop and lock discipline instead.
 
 use std::time::{Duration, Instant};
 
 use larder_local_store::LocalStore;
+use larder_pathlocks::Owner;
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::error::{BuildError, Result};
-use crate::lifecycle::{RunningBuild, UnpreparedBuild};
+use crate::lifecycle::{BuildOutputs, RunningBuild, UnpreparedBuild};
 use crate::process::LogRead;
 
 /// Runs the builder to its end: drains the log (returned) and enforces
@@ -72,4 +75,24 @@ pub fn run_to_unprepared(
     }
     let result = running.unprepare(store);
     (log, result)
+}
+
+/// Locks the paths `unprepared` installs with one try-lock, as the worker
+/// does once it holds them, and registers the outputs.
+///
+/// # Errors
+///
+/// When a path is locked elsewhere, or the build's registration failure.
+pub fn lock_and_register(unprepared: UnpreparedBuild, store: &LocalStore) -> Result<BuildOutputs> {
+    let paths: Vec<_> = unprepared
+        .paths_to_install()
+        .iter()
+        .map(|p| store.layout().real_path(p))
+        .collect();
+    let guard = larder_pathlocks::try_lock(Owner::fresh(), &paths)
+        .map_err(|e| BuildError::misc(format!("locking the outputs: {e}")))?;
+    let proof = unprepared
+        .locks_held(store, &guard)
+        .map_err(|e| BuildError::misc(e.to_string()))?;
+    unprepared.register_outputs(store, proof)
 }

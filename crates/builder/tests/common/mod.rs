@@ -5,12 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use larder_builder::test_support::run_to_unprepared;
+use larder_builder::test_support::{lock_and_register, run_to_unprepared};
 use larder_builder::{
     BuildError, BuildOutputs, BuildRequest, BuildSettings, GenericBuilder, UnpreparedBuild, prepare,
 };
 use larder_local_store::{LocalStore, PathInfo};
-use larder_pathlocks::Owner;
 use larder_store_core::derivation::{Derivation, DerivationOutput};
 use larder_store_core::nar;
 use larder_store_core::store_path::output_path_name;
@@ -101,14 +100,7 @@ impl TestStore {
 
     /// Locks what the build installs, as the worker would, and registers.
     pub fn register(&self, unprepared: UnpreparedBuild) -> Result<BuildOutputs, BuildError> {
-        let paths: Vec<PathBuf> = unprepared
-            .paths_to_install()
-            .iter()
-            .map(|p| self.real(p))
-            .collect();
-        let guard = larder_pathlocks::try_lock(Owner::fresh(), &paths).unwrap();
-        let proof = unprepared.locks_held(&self.store, &guard).unwrap();
-        unprepared.register_outputs(&self.store, proof)
+        lock_and_register(unprepared, &self.store)
     }
 
     pub fn build(&self, drv: &Derivation) -> (String, Result<BuildOutputs, BuildError>) {
