@@ -35,15 +35,18 @@ use larder_store_core::derivation::DerivationKind;
 
 use crate::chroot::Chroot;
 use crate::namespaces::SavedNamespaces;
+use crate::network::{LoopbackNamespace, NetworkNamespaces};
 use crate::rescue::{Rescue, rescue_outputs_from};
 use crate::spec::{BindMount, ChrootSpec, Command, Network, SANDBOX_BUILD_DIR};
 use crate::{SandboxError, check_support, default_sandbox_paths};
 
 /// What every sandboxed build of a worker shares: the extra sandbox paths,
-/// checked once when the worker starts.
+/// checked once when the worker starts, and the loopback network
+/// namespaces kept from one build for the next.
 #[derive(Clone, Debug)]
 pub struct SandboxConfig {
     sandbox_paths: Arc<[BindMount]>,
+    networks: Arc<NetworkNamespaces>,
 }
 
 impl SandboxConfig {
@@ -71,12 +74,19 @@ impl SandboxConfig {
         check_support()?;
         Ok(SandboxConfig {
             sandbox_paths: paths.into(),
+            networks: Arc::new(NetworkNamespaces::new()),
         })
     }
 
     /// The extra sandbox paths.
     pub fn sandbox_paths(&self) -> &[BindMount] {
         &self.sandbox_paths
+    }
+
+    /// The loopback network namespaces this worker's builds share, one
+    /// build at a time.
+    pub fn networks(&self) -> &NetworkNamespaces {
+        &self.networks
     }
 
     /// A builder for one build, which asks `store` at cleanup whether a
@@ -89,6 +99,8 @@ impl SandboxConfig {
         ));
         ChrootBuilder {
             sandbox_paths: Arc::clone(&self.sandbox_paths),
+            networks: Arc::clone(&self.networks),
+            network: None,
             store,
             dir,
             chroot: None,
@@ -115,6 +127,10 @@ impl SandboxConfig {
 ///   invalid, and never over an existing path.
 pub struct ChrootBuilder {
     sandbox_paths: Arc<[BindMount]>,
+    networks: Arc<NetworkNamespaces>,
+    /// The build's loopback namespace, from `networks`, until the builder
+    /// is reaped.
+    network: Option<LoopbackNamespace>,
     store: Arc<LocalStore>,
     /// The chroot's store folder on the host, `<staging>/sandbox-<n>`.
     dir: PathBuf,
@@ -256,11 +272,13 @@ impl DerivationBuilder for ChrootBuilder {
                 ctx.drv_display()
             ))
         };
-        let child = crate::spawn(chroot, &sandboxed).map_err(|e| failed(&e))?;
+        let child = crate::spawn_reusing_network(chroot, &sandboxed, &self.networks)
+            .map_err(|e| failed(&e))?;
         let parts = child.into_parts().map_err(|e| failed(&e))?;
         let log = parts.log.ok_or_else(|| failed(&"no log pipe"))?;
         set_nonblocking(log.as_fd()).map_err(|e| failed(&e))?;
         self.namespaces = parts.namespaces;
+        self.network = parts.network;
         Ok(SpawnedBuilder {
             pid: parts.pid,
             log,
@@ -277,11 +295,14 @@ impl DerivationBuilder for ChrootBuilder {
     }
 
     /// The builder was PID 1 of its PID namespace and has been reaped, so
-    /// the kernel has killed every other process of the sandbox. What is
-    /// left is to move the chroot's store aside, where the generic steps
-    /// take the outputs from.
+    /// the kernel has killed every other process of the sandbox: its network
+    /// namespace can serve the next build. What is left is to move the
+    /// chroot's store aside, where the generic steps take the outputs from.
     fn kill_sandbox(&mut self, _ctx: &BuildContext) -> larder_builder::error::Result<()> {
         self.namespaces.reset();
+        if let Some(network) = self.network.take() {
+            self.networks.give_back(network);
+        }
         if self.chroot.is_none() || self.torn_down {
             return Ok(());
         }
@@ -304,6 +325,8 @@ impl DerivationBuilder for ChrootBuilder {
     /// so the store's answer in the rescue cannot change before the rename.
     fn cleanup_sandbox(&mut self, ctx: &BuildContext, success: bool) {
         self.namespaces.reset();
+        // Not given back where the builder may not have been reaped.
+        self.network = None;
         if !success && !ctx.check && self.torn_down {
             self.rescue(ctx);
         }

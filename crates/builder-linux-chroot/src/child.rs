@@ -233,8 +233,8 @@ fn setup_and_exec(plan: &ChildPlan<'_>, fds: ChildFds) -> Result<Never, Failure>
     // parent, which keeps its copies open until the child is released.
     unsafe { redirect_stdio(fds.stdin, fds.log_write) }.map_err(at(Step::Stdio))?;
 
-    if plan.private_network {
-        loopback_up().map_err(at(Step::Loopback))?;
+    if plan.bring_loopback_up {
+        crate::network::loopback_up().map_err(at(Step::Loopback))?;
     }
     rustix::system::sethostname(SANDBOX_HOSTNAME.as_bytes()).map_err(at(Step::Hostname))?;
     rustix::system::setdomainname(SANDBOX_DOMAINNAME.as_bytes()).map_err(at(Step::Hostname))?;
@@ -254,12 +254,14 @@ fn setup_and_exec(plan: &ChildPlan<'_>, fds: ChildFds) -> Result<Never, Failure>
     // file system view the unshare changes.
     unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNS) }.map_err(at(Step::Unshare))?;
 
+    // The old root is put on top of the new one and detached from there
+    // (pivot_root(2) allows `new_root` and `put_old` to be the same
+    // directory): no folder to make and remove in the chroot, whose inode
+    // would be one more the file system remembers as recently deleted.
     rustix::process::chdir(plan.root.as_c_str()).map_err(at(Step::PivotRoot))?;
-    rustix::fs::mkdir(c"real-root", Mode::from_raw_mode(0o500)).map_err(at(Step::PivotRoot))?;
-    rustix::process::pivot_root(c".", c"real-root").map_err(at(Step::PivotRoot))?;
-    rustix::process::chroot(c".").map_err(at(Step::PivotRoot))?;
-    rustix::mount::unmount(c"real-root", UnmountFlags::DETACH).map_err(at(Step::PivotRoot))?;
-    rustix::fs::rmdir(c"real-root").map_err(at(Step::PivotRoot))?;
+    rustix::process::pivot_root(c".", c".").map_err(at(Step::PivotRoot))?;
+    rustix::mount::unmount(c".", UnmountFlags::DETACH).map_err(at(Step::PivotRoot))?;
+    rustix::process::chdir(c"/").map_err(at(Step::PivotRoot))?;
     rustix::process::chdir(plan.working_dir.as_c_str()).map_err(at(Step::WorkingDir))?;
 
     let core = rustix::process::getrlimit(Resource::Core);
@@ -480,45 +482,6 @@ fn remount_read_only(target: &std::ffi::CStr) -> rustix::io::Result<()> {
     rustix::mount::mount_remount(target, flags, c"")
 }
 
-/// `struct ifreq` as `SIOCSIFFLAGS` reads it: the interface name, then the
-/// flags in a union padded to 24 bytes.
-#[repr(C)]
-struct InterfaceFlags {
-    name: [u8; 16],
-    flags: i16,
-    _pad: [u8; 22],
-}
-
-const SIOCSIFFLAGS: rustix::ioctl::Opcode = 0x8914;
-const IFF_UP: i16 = 0x1;
-const IFF_LOOPBACK: i16 = 0x8;
-const IFF_RUNNING: i16 = 0x40;
-
-/// Brings up `lo` in the new network namespace, so the builder can talk to
-/// itself over 127.0.0.1.
-fn loopback_up() -> rustix::io::Result<()> {
-    let socket = rustix::net::socket(
-        rustix::net::AddressFamily::INET,
-        rustix::net::SocketType::DGRAM,
-        None,
-    )?;
-    let mut request = InterfaceFlags {
-        name: [0; 16],
-        flags: IFF_UP | IFF_LOOPBACK | IFF_RUNNING,
-        _pad: [0; 22],
-    };
-    request.name[..2].copy_from_slice(b"lo");
-    // SAFETY: SIOCSIFFLAGS reads a `struct ifreq`, which `InterfaceFlags`
-    // lays out exactly (name, then the flags member of the union, padded to
-    // the union's size).
-    unsafe {
-        rustix::ioctl::ioctl(
-            &socket,
-            rustix::ioctl::Setter::<SIOCSIFFLAGS, InterfaceFlags>::new(request),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,10 +497,5 @@ mod tests {
             assert_eq!(Failure::decode(&failure.encode()), Some(failure));
         }
         assert_eq!(Failure::decode(&[0xff; FAILURE_BYTES]), None);
-    }
-
-    #[test]
-    fn ifreq_has_the_kernel_size() {
-        assert_eq!(std::mem::size_of::<InterfaceFlags>(), 40);
     }
 }

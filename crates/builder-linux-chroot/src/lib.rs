@@ -14,6 +14,9 @@
 //! - [`mod@spawn`]: [`spawn()`] starts a [`Command`] in a [`Chroot`] and returns
 //!   a [`SandboxChild`] (pid, pidfd, log pipe, saved namespaces).
 //! - [`namespaces`]: [`SavedNamespaces`] and [`check_support`].
+//! - [`network`]: [`NetworkNamespaces`], loopback-only network namespaces
+//!   kept from one build for the next, and [`spawn_reusing_network`]'s
+//!   [`LoopbackNamespace`].
 //! - [`rescue`]: moving a failed build's outputs out for inspection, never
 //!   over a path that is valid now.
 //! - [`builder`]: [`ChrootBuilder`], the generic builder's steps overridden
@@ -33,6 +36,7 @@
 pub mod builder;
 pub mod chroot;
 pub mod namespaces;
+pub mod network;
 pub mod relocate;
 pub mod rescue;
 pub mod spawn;
@@ -48,7 +52,8 @@ pub use builder::{ChrootBuilder, SandboxConfig};
 pub use chroot::Chroot;
 pub use error::SandboxError;
 pub use namespaces::{SavedNamespaces, check_support};
+pub use network::{LoopbackNamespace, NetworkNamespaces};
 pub use relocate::{RelocatingBuilder, spawn_relocated};
 pub use rescue::{Rescue, rescue_outputs, rescue_outputs_from};
-pub use spawn::{SandboxChild, SandboxParts, spawn};
+pub use spawn::{SandboxChild, SandboxParts, spawn, spawn_reusing_network};
 pub use spec::{BindMount, ChrootSpec, Command, Network, default_sandbox_paths};

@@ -18,7 +18,9 @@ pub(crate) struct ChildPlan<'a> {
     pub(crate) ops: &'a [Op],
     pub(crate) working_dir: CString,
     pub(crate) program: CString,
-    pub(crate) private_network: bool,
+    /// Whether the child brings up `lo` in a network namespace its `clone`
+    /// made (not in one from [`crate::NetworkNamespaces`], which is up).
+    pub(crate) bring_loopback_up: bool,
     // The pointer arrays point into these; they must live as long as the plan.
     _argv_strings: Vec<CString>,
     _env_strings: Vec<CString>,
@@ -50,7 +52,7 @@ impl<'a> ChildPlan<'a> {
             ops: chroot.ops(),
             working_dir: cpath(&command.working_dir)?,
             program: cpath(&command.program)?,
-            private_network: chroot.network() == Network::Loopback,
+            bring_loopback_up: chroot.network() == Network::Loopback,
             _argv_strings: argv_strings,
             _env_strings: env_strings,
             argv,

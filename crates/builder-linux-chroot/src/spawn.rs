@@ -26,6 +26,7 @@ use crate::child::{self, ChildFds, FAILURE_BYTES, Failure};
 use crate::chroot::Chroot;
 use crate::clone_vm::{ChildStack, SignalsBlocked, clone_vm, spawn_vfork};
 use crate::namespaces::SavedNamespaces;
+use crate::network::{Entered, LoopbackNamespace, NetworkNamespaces};
 use crate::plan::ChildPlan;
 use crate::spec::{Command, Network, SANDBOX_GID, SANDBOX_UID};
 
@@ -39,6 +40,7 @@ pub struct SandboxChild {
     pidfd: OwnedFd,
     log: Option<OwnedFd>,
     namespaces: SavedNamespaces,
+    network: Option<LoopbackNamespace>,
     status: Option<ExitStatus>,
     handed_over: bool,
 }
@@ -56,6 +58,10 @@ pub struct SandboxParts {
     pub log: Option<OwnedFd>,
     /// The saved namespaces, which the new owner resets at teardown.
     pub namespaces: SavedNamespaces,
+    /// The loopback namespace the process runs in, when it came from a
+    /// [`NetworkNamespaces`] pool: the new owner gives it back once the
+    /// process is reaped.
+    pub network: Option<LoopbackNamespace>,
 }
 
 impl SandboxChild {
@@ -72,6 +78,7 @@ impl SandboxChild {
             pidfd,
             log: self.log.take(),
             namespaces: std::mem::take(&mut self.namespaces),
+            network: self.network.take(),
         })
     }
 
@@ -167,7 +174,32 @@ impl Drop for SandboxChild {
 /// paths. Where the kernel refuses the namespaces, the error is
 /// [`SandboxError::Unavailable`].
 pub fn spawn(chroot: &Chroot, command: &Command) -> Result<SandboxChild, SandboxError> {
-    let plan = ChildPlan::new(chroot, command)?;
+    spawn_in(chroot, command, None)
+}
+
+/// As [`spawn()`], but a build with a private network gets a loopback
+/// namespace from `networks` (a spare one, or a new one that is kept)
+/// instead of one made and torn down for it alone. The handle holds it
+/// ([`SandboxParts::network`]) until it is given back.
+///
+/// # Errors
+///
+/// As [`spawn()`]; also when this thread cannot return to its own network
+/// namespace after entering the build's.
+pub fn spawn_reusing_network(
+    chroot: &Chroot,
+    command: &Command,
+    networks: &NetworkNamespaces,
+) -> Result<SandboxChild, SandboxError> {
+    spawn_in(chroot, command, Some(networks))
+}
+
+fn spawn_in(
+    chroot: &Chroot,
+    command: &Command,
+    networks: Option<&NetworkNamespaces>,
+) -> Result<SandboxChild, SandboxError> {
+    let mut plan = ChildPlan::new(chroot, command)?;
     let pipe = || {
         rustix::pipe::pipe_with(PipeFlags::CLOEXEC).map_err(|errno| SandboxError::Spawn {
             step: "creating a pipe",
@@ -195,9 +227,6 @@ pub fn spawn(chroot: &Chroot, command: &Command) -> Result<SandboxChild, Sandbox
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWCGROUP;
-    if chroot.network() == Network::Loopback {
-        flags |= libc::CLONE_NEWNET;
-    }
     // The child shares this process's memory until it executes the builder
     // (see `clone_vm`). It waits for the id maps, so this thread cannot be
     // suspended as with CLONE_VFORK, and the two run side by side. Why that
@@ -233,13 +262,25 @@ pub fn spawn(chroot: &Chroot, command: &Command) -> Result<SandboxChild, Sandbox
         step: "blocking signals around the clone",
         source,
     })?;
+    // Last before the clone, so that nothing can fail between it and
+    // `leave`: the child starts in the namespace this thread is in.
+    let entered = match networks {
+        Some(networks) if chroot.network() == Network::Loopback => networks.enter()?,
+        _ => None,
+    };
+    if chroot.network() == Network::Loopback && entered.is_none() {
+        flags |= libc::CLONE_NEWNET;
+    } else {
+        plan.bring_loopback_up = false;
+    }
     let plan = &plan;
     // SAFETY: `child::run` allocates nothing, takes no lock, writes only its
     // stack and `errno`, and ends with `execve` or `_exit`; signals are
     // blocked; the argument above covers the stack, the plan and `errno`
     // until the child is gone.
-    let pid = unsafe { clone_vm(flags, &mut stack, &blocked, move || child::run(plan, fds)) }
-        .map_err(refused)?;
+    let pid = unsafe { clone_vm(flags, &mut stack, &blocked, move || child::run(plan, fds)) };
+    let network = entered.map(Entered::leave).transpose();
+    let pid = pid.map_err(refused)?;
     // The parent's copies of the child's ends: closing them is what lets EOF
     // on the log and error pipes mean that every writer is gone.
     drop((log_write, sync_read, error_write, stdin));
@@ -247,6 +288,7 @@ pub fn spawn(chroot: &Chroot, command: &Command) -> Result<SandboxChild, Sandbox
         pid,
         sync_write: Some(sync_write),
     };
+    let network = network?;
 
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(|errno| {
         SandboxError::Spawn {
@@ -293,6 +335,7 @@ pub fn spawn(chroot: &Chroot, command: &Command) -> Result<SandboxChild, Sandbox
         pidfd,
         log: Some(log_read),
         namespaces,
+        network,
         status: None,
         handed_over: false,
     };

@@ -13,6 +13,7 @@ use std::fmt;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -526,6 +527,49 @@ fn only_fixed_output_builds_reach_the_host_network() {
         b"refused\n"
     );
     assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+}
+
+#[test]
+fn network_namespaces_serve_one_build_after_another_unless_sockets_are_left() {
+    let Some(sandbox) = sandbox() else { return };
+    if fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!("skipped: only root keeps network namespaces for the next build");
+        return;
+    }
+    let t = TestStore::new(sandbox);
+    // Each build writes the identity of its network namespace.
+    let namespace_of = |name: &str, before: &str| {
+        let script = format!("{before} readlink /proc/self/ns/net > $out");
+        let (log, result) = t.build(&sh_drv(t.store_dir(), name, &script));
+        let outputs = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+        fs::read_to_string(t.real(&outputs.outputs["out"].path)).unwrap()
+    };
+    let first = namespace_of("first", "");
+    assert!(first.starts_with("net:["), "{first}");
+    assert_eq!(t.sandbox.networks().spare_count(), 1);
+    assert_eq!(namespace_of("second", ""), first, "the namespace is reused");
+
+    // A build that talks to itself over TCP leaves its connection closing
+    // in the kernel: the next build gets a namespace of its own.
+    let chat = "nc -l -p 7777 > /build/got & \
+                i=0; until echo ping | nc -w 2 127.0.0.1 7777; do \
+                i=$((i+1)); [ $i -ge 100 ] && exit 1; sleep 0.1; done; \
+                wait; grep -q ping /build/got &&";
+    assert_eq!(
+        namespace_of("chat", chat),
+        first,
+        "lo is up in a reused one"
+    );
+    let fresh = namespace_of("after-chat", "");
+    assert_ne!(fresh, first, "a namespace with sockets left is not reused");
+
+    // The worker's thread went back to the host's network each time: a
+    // fixed-output build still reaches it.
+    let (port, rx) = host_listener();
+    let script = format!("echo hello | nc -w 2 127.0.0.1 {port} >&2; echo fixed > $out");
+    let (log, result) = t.build(&fixed_drv(t.store_dir(), "fetch", &script, "fixed\n"));
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "hello\n");
 }
 
 #[test]
