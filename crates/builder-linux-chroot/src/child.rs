@@ -2,15 +2,16 @@
 //!
 //! The child runs in the memory of a possibly multi-threaded parent
 //! (`clone_vm`), on a stack of its own, until `execve` gives it a memory of
-//! its own. Another thread may hold the allocator's lock or any other lock
-//! meanwhile, and whatever the child writes the parent sees, so nothing here
-//! allocates, locks, writes anything but its own stack (and `errno`), or
-//! calls into `std` beyond plain data access: every call is a
-//! rustix system call on a `&CStr` prepared in [`ChildPlan`], or one of the
-//! few raw calls rustix does not offer publicly (`execve`, `_exit`,
-//! `close_range`). A failure is written to the error pipe as a fixed-size
-//! record ([`Failure`]) and the child exits; the parent turns the record into
-//! a message.
+//! its own; the parent's threads run on meanwhile. Another thread may hold
+//! the allocator's lock or any other lock, and whatever the child writes
+//! the parent sees, so nothing here allocates, locks, writes anything but
+//! its own stack, or calls into `std` or the C library beyond plain data
+//! access: every call is a rustix system call on a `&CStr` prepared in
+//! [`ChildPlan`], or one of the raw calls of [`crate::raw`] (`execve`,
+//! `exit_group`, the signal calls, `close_range`), none of which touches
+//! `errno`. A failure is written to the error pipe as a fixed-size record
+//! ([`Failure`]) and the child exits; the parent turns the record into a
+//! message.
 
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 
@@ -114,7 +115,7 @@ impl Failure {
     }
 
     /// What the step was doing, with its paths, for the parent's message.
-    pub(crate) fn describe(&self, plan: &ChildPlan<'_>) -> String {
+    pub(crate) fn describe(&self, plan: &ChildPlan) -> String {
         let root = plan.root.to_string_lossy();
         match self.step {
             Step::DeathSignal => "setting the parent-death signal".to_owned(),
@@ -187,7 +188,7 @@ pub(crate) struct ChildFds {
 
 /// Runs in the child right after `clone`: sets up the sandbox, executes the
 /// builder, and on failure reports the step and exits with status 1.
-pub(crate) fn run(plan: &ChildPlan<'_>, fds: ChildFds) -> ! {
+pub(crate) fn run(plan: &ChildPlan, fds: ChildFds) -> ! {
     let failure = match setup_and_exec(plan, fds) {
         Ok(never) => match never {},
         Err(failure) => failure,
@@ -199,11 +200,9 @@ pub(crate) fn run(plan: &ChildPlan<'_>, fds: ChildFds) -> ! {
     exit(1)
 }
 
-/// `_exit(2)`: leaves without running any of the parent's destructors or
-/// `atexit` handlers, which belong to the parent.
+/// Leaves at once with `status` ([`crate::raw::exit`]).
 pub(crate) fn exit(status: i32) -> ! {
-    // SAFETY: `_exit` takes no pointers and never returns.
-    unsafe { libc::_exit(status) }
+    crate::raw::exit(status)
 }
 
 enum Never {}
@@ -212,7 +211,7 @@ fn at(step: Step) -> impl Fn(Errno) -> Failure {
     move |errno| Failure::new(step, 0, errno)
 }
 
-fn setup_and_exec(plan: &ChildPlan<'_>, fds: ChildFds) -> Result<Never, Failure> {
+fn setup_and_exec(plan: &ChildPlan, fds: ChildFds) -> Result<Never, Failure> {
     // Die with the parent rather than build on unsupervised.
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(at(Step::DeathSignal))?;
@@ -282,11 +281,10 @@ fn setup_and_exec(plan: &ChildPlan<'_>, fds: ChildFds) -> Result<Never, Failure>
     // way out of the chroot.
     mark_inherited_fds_cloexec().map_err(at(Step::CloseFds))?;
 
-    // SAFETY: the program path is a valid C string, and `argv`/`envp` are
-    // NUL-terminated arrays of pointers into C strings the plan owns, which
-    // outlive this call.
-    unsafe { libc::execve(plan.program.as_ptr(), plan.argv(), plan.envp()) };
-    Err(Failure::new(Step::Exec, 0, last_errno()))
+    // SAFETY: `argv` and `envp` are null-terminated arrays of pointers into
+    // C strings the plan owns, which outlive this call.
+    let errno = unsafe { crate::raw::execve(&plan.program, plan.argv(), plan.envp()) };
+    Err(Failure::new(Step::Exec, 0, errno))
 }
 
 // The steps below are shared with the relocating builder's child
@@ -322,48 +320,8 @@ pub(crate) fn make_mounts_private() -> rustix::io::Result<()> {
 /// it, and an ignored signal stays ignored across `execve`, so a builder
 /// would see EPIPE where a pipeline expects to be killed).
 pub(crate) fn reset_signals() -> Result<(), Errno> {
-    // SAFETY: `sigemptyset` writes the set it is given, which lives on this
-    // stack frame; `sigprocmask` and `signal` take no pointers but that set
-    // and a null one, and both are async-signal-safe.
-    let reset = unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) == 0
-            && libc::signal(libc::SIGPIPE, libc::SIG_DFL) != libc::SIG_ERR
-    };
-    if reset { Ok(()) } else { Err(last_errno()) }
-}
-
-/// Resets to its default action every signal whose disposition is a
-/// handler, as `posix_spawn` does in its child: the child of `clone_vm`
-/// shares the parent's memory, where a handler of the parent must never
-/// run. Ignored signals stay ignored (`execve` keeps them ignored as well).
-/// Called with every signal blocked, before anything unblocks one.
-///
-/// `realtime` is the range of real-time signals the C library lets
-/// programs use; the ones below it are its own, which `sigaction` refuses
-/// to touch (and whose handlers in glibc return at once unless the process
-/// sent the signal to itself). Writes nothing but this frame: `sigaction`
-/// cannot fail for the valid signals it is given here, so not even
-/// `errno`.
-pub(crate) fn reset_signal_handlers(realtime: std::ops::RangeInclusive<libc::c_int>) {
-    // The standard signals are 1 to 31 on every Linux architecture.
-    for signal in (1..=31).chain(realtime) {
-        // SAFETY: `sigaction` reads and writes only the two structures on
-        // this frame, and is async-signal-safe.
-        unsafe {
-            let mut current: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(signal, std::ptr::null(), &mut current) != 0 {
-                continue;
-            }
-            if current.sa_sigaction == libc::SIG_DFL || current.sa_sigaction == libc::SIG_IGN {
-                continue;
-            }
-            let mut default: libc::sigaction = std::mem::zeroed();
-            default.sa_sigaction = libc::SIG_DFL;
-            libc::sigaction(signal, &default, std::ptr::null_mut());
-        }
-    }
+    crate::raw::set_default_action(libc::SIGPIPE)?;
+    crate::raw::unblock_all_signals()
 }
 
 /// Marks every descriptor above stderr close-on-exec: those opened without
@@ -371,26 +329,7 @@ pub(crate) fn reset_signal_handlers(realtime: std::ops::RangeInclusive<libc::c_i
 /// them, rather than closing them, keeps the error pipe usable until
 /// `execve`.
 pub(crate) fn mark_inherited_fds_cloexec() -> Result<(), Errno> {
-    // SAFETY: `close_range` takes no pointers.
-    let marked = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    if marked == 0 {
-        Ok(())
-    } else {
-        Err(last_errno())
-    }
-}
-
-/// The errno of the last failed libc call. Reading it allocates nothing.
-pub(crate) fn last_errno() -> Errno {
-    let raw = std::io::Error::last_os_error().raw_os_error();
-    Errno::from_raw_os_error(raw.unwrap_or(libc::EINVAL))
+    crate::raw::mark_cloexec_from(3)
 }
 
 /// Performs one op of the chroot's layout.

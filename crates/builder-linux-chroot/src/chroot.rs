@@ -22,6 +22,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use crate::SandboxError;
 use crate::spec::{
@@ -100,7 +101,9 @@ pub struct Chroot {
     dir: PathBuf,
     store_dir: PathBuf,
     network: Network,
-    ops: Vec<Op>,
+    /// Shared with the plans of the children that perform them, which may
+    /// outlive a borrow of the chroot (see `spawn.rs`).
+    ops: Arc<[Op]>,
     removed: bool,
 }
 
@@ -144,7 +147,7 @@ impl Chroot {
             dir,
             store_dir: spec.store_dir.clone(),
             network: spec.network,
-            ops: layout.ops,
+            ops: layout.ops.into(),
             removed: false,
         })
     }
@@ -177,7 +180,7 @@ impl Chroot {
     }
 
     /// The steps the child follows.
-    pub(crate) fn ops(&self) -> &[Op] {
+    pub(crate) fn ops(&self) -> &Arc<[Op]> {
         &self.ops
     }
 

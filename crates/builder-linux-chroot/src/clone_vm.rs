@@ -22,11 +22,17 @@
 //!   around the `clone` ([`SignalsBlocked`]), so the child starts with all of
 //!   them blocked; its first act is to reset every handled signal to its
 //!   default action, and only its program's setup unblocks them.
-//! - The child shares the calling thread's thread-local storage, `errno`
-//!   among it. With `CLONE_VFORK` ([`spawn_vfork`]) the calling thread is
-//!   suspended until the child has executed its program or exited, so they
-//!   never run at the same time. Without it ([`clone_vm`]) the caller must
-//!   prove that they never use `errno` at the same time.
+//! - The child runs on the calling thread's thread-local storage, `errno`
+//!   among it, so it must not touch either: it makes raw system calls only
+//!   (rustix's, and [`crate::raw`]'s where rustix has none), which return
+//!   their errors instead of writing `errno`. Then the parent's threads,
+//!   the calling one included, may run on meanwhile as they like, as long
+//!   as what the child reads stays alive and unchanged.
+//!
+//! With `CLONE_VFORK` ([`spawn_vfork`]) the calling thread is suspended
+//! until the child has executed its program or exited, which keeps what the
+//! child reads alive without further ado; without it ([`clone_vm`]) the
+//! caller keeps it alive until it sees the child executed or gone.
 
 use std::ffi::c_void;
 use std::io;
@@ -139,13 +145,13 @@ impl Drop for SignalsBlocked {
 ///
 /// `in_child` runs in this process's memory while the calling thread is
 /// suspended (other threads run on). It must not return (the child then
-/// exits with status 127), allocate, take a lock, or write any memory but
-/// its own stack and `errno`; it must not change what belongs to the
-/// memory as a whole either (mappings, or its credentials: a change of
-/// those marks the memory undumpable, the parent's `/proc` files with it).
-/// It may only make async-signal-safe calls, and it must end with `execve`
-/// or `_exit`. Nothing it does may wait for the calling thread, which is
-/// suspended until it ends.
+/// exits with status 127), allocate, take a lock, touch thread-local
+/// storage (`errno` among it: raw system calls only), or write any memory
+/// but its own stack; it must not change what belongs to the memory as a
+/// whole either (mappings, or its credentials: a change of those marks the
+/// memory undumpable, the parent's `/proc` files with it). It must end with
+/// `execve` or `exit_group`. Nothing it does may wait for the calling
+/// thread, which is suspended until it ends.
 pub(crate) unsafe fn spawn_vfork<F: Fn() + Copy>(
     flags: libc::c_int,
     stack: &mut ChildStack,
@@ -155,8 +161,7 @@ pub(crate) unsafe fn spawn_vfork<F: Fn() + Copy>(
     // SAFETY: signals are blocked in this thread (`blocked`). With
     // CLONE_VFORK, `clone` returns only after the child executed its program
     // or exited, so `stack` and everything `in_child` reads are no longer
-    // used when this returns, and the child never runs at the same time as
-    // this thread, whose `errno` it shares. The rest is the caller's promise.
+    // used when this returns. The rest is the caller's promise.
     let pid = unsafe { clone_vm(flags | libc::CLONE_VFORK, stack, &blocked, in_child) };
     drop(blocked);
     pid
@@ -167,7 +172,7 @@ pub(crate) unsafe fn spawn_vfork<F: Fn() + Copy>(
 /// handler to its default action, then runs `in_child`. The caller's
 /// signals must be blocked (`_blocked`), so that the child starts with all
 /// of them blocked and no handler of the parent runs in it before the
-/// reset.
+/// reset; they may be unblocked as soon as this returns.
 ///
 /// # Safety
 ///
@@ -175,24 +180,16 @@ pub(crate) unsafe fn spawn_vfork<F: Fn() + Copy>(
 /// without `CLONE_VFORK` in `flags` the calling thread runs on while the
 /// child runs, and the child may wait for it. Then (with `CLONE_VFORK`,
 /// `clone` returns only once the child has executed its program or
-/// exited) the caller must, until the child has executed its program or
-/// exited:
-/// - keep `stack` mapped, and everything `in_child` reads alive and
-///   unchanged;
-/// - not read or write `errno` in the calling thread while the child may
-///   (the child shares the thread's `errno`); the calling thread's signals
-///   must stay blocked, since a handler may touch `errno` too.
+/// exited) the caller must keep `stack` mapped, and everything `in_child`
+/// reads alive and unchanged, until the child has executed its program or
+/// exited.
 pub(crate) unsafe fn clone_vm<F: Fn() + Copy>(
     flags: libc::c_int,
     stack: &mut ChildStack,
     _blocked: &SignalsBlocked,
     in_child: F,
 ) -> io::Result<Pid> {
-    let start = Start {
-        in_child,
-        first_realtime: libc::SIGRTMIN(),
-        last_realtime: libc::SIGRTMAX(),
-    };
+    let start = Start { in_child };
     // The child's argument goes at the top of its own stack, below which it
     // runs: it stays valid as long as the stack, whatever becomes of this
     // frame. `Start<F>` is a few words (a closure of references and
@@ -208,9 +205,9 @@ pub(crate) unsafe fn clone_vm<F: Fn() + Copy>(
     unsafe { arg.write(start) };
     // SAFETY: the child runs `trampoline::<F>` on its own stack, below `arg`,
     // with `arg` as its argument; `libc::clone` never returns in the child.
-    // The child writes only its stack and `errno` (the contract of
-    // `in_child`, and `child::reset_signal_handlers` writes nothing else);
-    // the rest is the caller's promise.
+    // The child writes only its stack (the contract of `in_child`, and
+    // `raw::reset_handled_signals` writes nothing else); the rest is the
+    // caller's promise.
     let ret = unsafe {
         libc::clone(
             trampoline::<F>,
@@ -226,14 +223,10 @@ pub(crate) unsafe fn clone_vm<F: Fn() + Copy>(
     Pid::from_raw(ret).ok_or_else(|| io::Error::other(format!("clone returned {ret}")))
 }
 
-/// What the child's trampoline reads: its program and the range of
-/// real-time signals (computed in the parent; glibc reserves the lowest
-/// ones, which `sigaction` refuses).
+/// What the child's trampoline reads: its program.
 #[derive(Clone, Copy)]
 struct Start<F> {
     in_child: F,
-    first_realtime: libc::c_int,
-    last_realtime: libc::c_int,
 }
 
 /// The child's entry point, on its own stack.
@@ -241,7 +234,7 @@ extern "C" fn trampoline<F: Fn() + Copy>(arg: *mut c_void) -> libc::c_int {
     // SAFETY: `arg` is the `Start<F>` that `clone_vm` wrote at the top of
     // this stack, which stays mapped while the child runs.
     let start = unsafe { arg.cast::<Start<F>>().read() };
-    child::reset_signal_handlers(start.first_realtime..=start.last_realtime);
+    crate::raw::reset_handled_signals();
     (start.in_child)();
     // Only reached if `in_child` broke its contract and returned.
     child::exit(127)
@@ -418,7 +411,7 @@ pub(crate) mod tests {
                 if rustix::stdio::dup2_stdout(out).is_err() || child::reset_signals().is_err() {
                     child::exit(2);
                 }
-                libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                crate::raw::execve(program, argv.as_ptr(), envp.as_ptr());
                 child::exit(3)
             })
         }
@@ -492,8 +485,8 @@ pub(crate) mod tests {
         // and execs or exits.
         let pid = unsafe {
             spawn_vfork(0, &mut stack, move || {
-                libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-                let errno = child::last_errno().raw_os_error().to_ne_bytes();
+                let errno = crate::raw::execve(program, argv.as_ptr(), envp.as_ptr());
+                let errno = errno.raw_os_error().to_ne_bytes();
                 let _ = rustix::io::write(BorrowedFd::borrow_raw(out), &errno);
                 child::exit(1)
             })
@@ -505,6 +498,36 @@ pub(crate) mod tests {
         assert_eq!(i32::from_ne_bytes(errno), libc::ENOENT);
         assert_eq!(wait(pid).exit_status(), Some(1));
         assert_eq!(children_of_this_thread(), "", "a child was left behind");
+    }
+
+    #[test]
+    fn a_failing_child_leaves_the_parent_thread_s_errno_alone() {
+        let program = CString::new("/nonexistent/program").expect("cstring");
+        let argv = [program.as_ptr(), std::ptr::null()];
+        let (program, argv) = (&program, &argv);
+        let mut stack = ChildStack::new().expect("stack");
+        let blocked = SignalsBlocked::new().expect("blocking signals");
+        // SAFETY: `errno` of this thread, which only this thread uses.
+        let errno = unsafe { libc::__errno_location() };
+        // SAFETY: as above.
+        unsafe { errno.write(12345) };
+        // SAFETY: the child only makes raw system calls that fail, on data
+        // that outlives it (this frame waits for it), and exits.
+        let pid = unsafe {
+            clone_vm(0, &mut stack, &blocked, move || {
+                let _ = crate::raw::execve(program, argv.as_ptr(), argv.as_ptr());
+                let _ = crate::raw::set_default_action(libc::SIGKILL);
+                let _ = crate::raw::mark_cloexec_from(u32::MAX);
+                let _ = rustix::fs::open(c"/nonexistent", rustix::fs::OFlags::RDONLY, 0.into());
+                child::exit(4)
+            })
+        }
+        .expect("clone");
+        drop(blocked);
+        let status = wait(pid);
+        assert_eq!(status.exit_status(), Some(4));
+        // SAFETY: as above.
+        assert_eq!(unsafe { errno.read() }, 12345, "the child wrote errno");
     }
 
     #[test]

@@ -47,6 +47,7 @@ mod clone_vm;
 mod elf;
 mod error;
 mod plan;
+mod raw;
 
 pub use builder::{ChrootBuilder, SandboxConfig};
 pub use chroot::Chroot;

@@ -1,21 +1,24 @@
 //! Everything the child needs after `clone`, computed before it: every path
 //! as a `CString`, `argv` and `envp` as NUL-terminated pointer arrays. The
-//! child only reads this (its copy of the parent's memory) and never
-//! allocates.
+//! child only reads this (in the parent's memory, which it shares) and
+//! never allocates. A plan owns all it points to, so that it can be kept
+//! alive for as long as the child may read it, whatever becomes of the
+//! chroot and the command it was made from.
 
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use crate::SandboxError;
 use crate::chroot::{Chroot, Op, cpath};
 use crate::spec::{Command, Network};
 
 /// The child's whole program, as data.
-pub(crate) struct ChildPlan<'a> {
+pub(crate) struct ChildPlan {
     /// The chroot root on the host, which becomes `/`.
     pub(crate) root: CString,
     /// The steps that build the chroot.
-    pub(crate) ops: &'a [Op],
+    pub(crate) ops: Arc<[Op]>,
     pub(crate) working_dir: CString,
     pub(crate) program: CString,
     /// Whether the child brings up `lo` in a network namespace its `clone`
@@ -28,12 +31,9 @@ pub(crate) struct ChildPlan<'a> {
     envp: Vec<*const libc::c_char>,
 }
 
-impl<'a> ChildPlan<'a> {
+impl ChildPlan {
     /// Lays out `command` in `chroot` for the child.
-    pub(crate) fn new(
-        chroot: &'a Chroot,
-        command: &Command,
-    ) -> Result<ChildPlan<'a>, SandboxError> {
+    pub(crate) fn new(chroot: &Chroot, command: &Command) -> Result<ChildPlan, SandboxError> {
         let mut argv_strings = vec![cstring("argument", command.arg0.as_bytes())?];
         for arg in &command.args {
             argv_strings.push(cstring("argument", arg.as_bytes())?);
@@ -49,7 +49,7 @@ impl<'a> ChildPlan<'a> {
         let envp = null_terminated(&env_strings);
         Ok(ChildPlan {
             root: cpath(chroot.root())?,
-            ops: chroot.ops(),
+            ops: Arc::clone(chroot.ops()),
             working_dir: cpath(&command.working_dir)?,
             program: cpath(&command.program)?,
             bring_loopback_up: chroot.network() == Network::Loopback,

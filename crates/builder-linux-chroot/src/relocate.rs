@@ -369,17 +369,11 @@ fn setup_and_exec(plan: &Plan, fds: Fds) -> Result<Never, (Step, Errno)> {
 
     child::mark_inherited_fds_cloexec().map_err(at(Step::CloseFds))?;
 
-    // SAFETY: the program path is a valid C string, and `argv`/`envp` are
-    // NUL-terminated arrays of pointers into C strings the plan owns, which
-    // outlive this call.
-    unsafe {
-        libc::execve(
-            plan.program.as_ptr(),
-            plan.argv.as_ptr(),
-            plan.envp.as_ptr(),
-        )
-    };
-    Err((Step::Exec, child::last_errno()))
+    // SAFETY: `argv` and `envp` are null-terminated arrays of pointers into
+    // C strings the plan owns, which outlive this call.
+    let errno =
+        unsafe { crate::raw::execve(&plan.program, plan.argv.as_ptr(), plan.envp.as_ptr()) };
+    Err((Step::Exec, errno))
 }
 
 #[cfg(test)]
