@@ -37,6 +37,7 @@ use crate::chroot::Chroot;
 use crate::namespaces::SavedNamespaces;
 use crate::network::{LoopbackNamespace, NetworkNamespaces};
 use crate::rescue::{Rescue, rescue_outputs_from};
+use crate::spawn::ChildSetup;
 use crate::spec::{BindMount, ChrootSpec, Command, Network, SANDBOX_BUILD_DIR};
 use crate::{SandboxError, check_support, default_sandbox_paths};
 
@@ -101,6 +102,8 @@ impl SandboxConfig {
             sandbox_paths: Arc::clone(&self.sandbox_paths),
             networks: Arc::clone(&self.networks),
             network: None,
+            setup: None,
+            program: PathBuf::new(),
             store,
             dir,
             chroot: None,
@@ -131,6 +134,11 @@ pub struct ChrootBuilder {
     /// The build's loopback namespace, from `networks`, until the builder
     /// is reaped.
     network: Option<LoopbackNamespace>,
+    /// The sandbox child's setup, which goes on after `start_child`
+    /// returned; asked once the builder is reaped.
+    setup: Option<ChildSetup>,
+    /// The builder program, for the message of a failed setup.
+    program: PathBuf,
     store: Arc<LocalStore>,
     /// The chroot's store folder on the host, `<staging>/sandbox-<n>`.
     dir: PathBuf,
@@ -272,13 +280,16 @@ impl DerivationBuilder for ChrootBuilder {
                 ctx.drv_display()
             ))
         };
-        let child = crate::spawn_reusing_network(chroot, &sandboxed, &self.networks)
-            .map_err(|e| failed(&e))?;
+        // The worker goes on while the child sets the sandbox up; a failed
+        // step shows when the builder is reaped (`kill_sandbox`).
+        let child = crate::start(chroot, &sandboxed, &self.networks).map_err(|e| failed(&e))?;
+        self.program.clone_from(&command.program);
         let parts = child.into_parts().map_err(|e| failed(&e))?;
         let log = parts.log.ok_or_else(|| failed(&"no log pipe"))?;
         set_nonblocking(log.as_fd()).map_err(|e| failed(&e))?;
         self.namespaces = parts.namespaces;
         self.network = parts.network;
+        self.setup = parts.setup;
         Ok(SpawnedBuilder {
             pid: parts.pid,
             log,
@@ -298,10 +309,21 @@ impl DerivationBuilder for ChrootBuilder {
     /// the kernel has killed every other process of the sandbox: its network
     /// namespace can serve the next build. What is left is to move the
     /// chroot's store aside, where the generic steps take the outputs from.
-    fn kill_sandbox(&mut self, _ctx: &BuildContext) -> larder_builder::error::Result<()> {
+    fn kill_sandbox(&mut self, ctx: &BuildContext) -> larder_builder::error::Result<()> {
         self.namespaces.reset();
         if let Some(network) = self.network.take() {
             self.networks.give_back(network);
+        }
+        // Reaped, so the answer is there: the builder ran, or the child
+        // failed a setup step and exited.
+        if let Some(mut setup) = self.setup.take()
+            && let Err(e) = setup.wait()
+        {
+            return Err(BuildError::misc(format!(
+                "starting builder '{}' for '{}': {e}",
+                self.program.display(),
+                ctx.drv_display()
+            )));
         }
         if self.chroot.is_none() || self.torn_down {
             return Ok(());
@@ -325,8 +347,10 @@ impl DerivationBuilder for ChrootBuilder {
     /// so the store's answer in the rescue cannot change before the rename.
     fn cleanup_sandbox(&mut self, ctx: &BuildContext, success: bool) {
         self.namespaces.reset();
-        // Not given back where the builder may not have been reaped.
+        // Not given back where the builder may not have been reaped; a setup
+        // still going on is ended.
         self.network = None;
+        self.setup = None;
         if !success && !ctx.check && self.torn_down {
             self.rescue(ctx);
         }

@@ -12,10 +12,12 @@
 //!   [`Network`], [`Command`]) and Nix's fixed contents.
 //! - [`chroot`]: [`Chroot`], the per-build tree on the host.
 //! - [`mod@spawn`]: [`spawn()`] starts a [`Command`] in a [`Chroot`] and returns
-//!   a [`SandboxChild`] (pid, pidfd, log pipe, saved namespaces).
+//!   a [`SandboxChild`] (pid, pidfd, log pipe, saved namespaces) once the
+//!   builder runs; [`start()`] returns before the child has set the
+//!   sandbox up, with its [`ChildSetup`] to ask later.
 //! - [`namespaces`]: [`SavedNamespaces`] and [`check_support`].
 //! - [`network`]: [`NetworkNamespaces`], loopback-only network namespaces
-//!   kept from one build for the next, and [`spawn_reusing_network`]'s
+//!   kept from one build for the next, and [`start`]'s
 //!   [`LoopbackNamespace`].
 //! - [`rescue`]: moving a failed build's outputs out for inspection, never
 //!   over a path that is valid now.
@@ -56,5 +58,5 @@ pub use namespaces::{SavedNamespaces, check_support};
 pub use network::{LoopbackNamespace, NetworkNamespaces};
 pub use relocate::{RelocatingBuilder, spawn_relocated};
 pub use rescue::{Rescue, rescue_outputs, rescue_outputs_from};
-pub use spawn::{SandboxChild, SandboxParts, spawn, spawn_reusing_network};
+pub use spawn::{ChildSetup, SandboxChild, SandboxParts, spawn, start};
 pub use spec::{BindMount, ChrootSpec, Command, Network, default_sandbox_paths};

@@ -10,6 +10,7 @@
 //! a failed setup step over a close-on-exec pipe; EOF on that pipe means the
 //! builder was executed.
 
+use std::fmt;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -19,7 +20,7 @@ use std::process::ExitStatus;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use rustix::pipe::PipeFlags;
-use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, WaitOptions};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
 
 use crate::SandboxError;
 use crate::child::{self, ChildFds, FAILURE_BYTES, Failure};
@@ -43,6 +44,9 @@ pub struct SandboxChild {
     network: Option<LoopbackNamespace>,
     status: Option<ExitStatus>,
     handed_over: bool,
+    /// Declared last: dropped after `Drop::drop` killed and reaped the
+    /// child, when the memory it used is free.
+    setup: Option<ChildSetup>,
 }
 
 /// A sandboxed process handed over to a caller that supervises it itself
@@ -62,6 +66,10 @@ pub struct SandboxParts {
     /// [`NetworkNamespaces`] pool: the new owner gives it back once the
     /// process is reaped.
     pub network: Option<LoopbackNamespace>,
+    /// The child's setup, which may still be going on: the new owner keeps
+    /// it until the process is reaped, and asks it then whether the setup
+    /// failed.
+    pub setup: Option<ChildSetup>,
 }
 
 impl SandboxChild {
@@ -79,7 +87,21 @@ impl SandboxChild {
             log: self.log.take(),
             namespaces: std::mem::take(&mut self.namespaces),
             network: self.network.take(),
+            setup: self.setup.take(),
         })
+    }
+
+    /// Waits until the child has executed the builder, or has failed to set
+    /// the sandbox up and exits. Returns at once when that is known.
+    ///
+    /// # Errors
+    ///
+    /// The setup step that failed, with its paths and errno.
+    pub fn wait_for_setup(&mut self) -> Result<(), SandboxError> {
+        match &mut self.setup {
+            Some(setup) => setup.wait(),
+            None => Ok(()),
+        }
     }
 
     /// The builder's process id, as the host sees it.
@@ -174,32 +196,171 @@ impl Drop for SandboxChild {
 /// paths. Where the kernel refuses the namespaces, the error is
 /// [`SandboxError::Unavailable`].
 pub fn spawn(chroot: &Chroot, command: &Command) -> Result<SandboxChild, SandboxError> {
-    spawn_in(chroot, command, None)
+    let mut child = start_child(chroot, command, None)?;
+    match child.wait_for_setup() {
+        Ok(()) => Ok(child),
+        Err(error) => {
+            // The child reported the failure and exits.
+            let _ = child.wait();
+            Err(error)
+        }
+    }
 }
 
-/// As [`spawn()`], but a build with a private network gets a loopback
-/// namespace from `networks` (a spare one, or a new one that is kept)
-/// instead of one made and torn down for it alone. The handle holds it
-/// ([`SandboxParts::network`]) until it is given back.
+/// Starts `command` in the sandbox whose file system is `chroot` without
+/// waiting for the child to set the sandbox up: returns as soon as the
+/// child has its namespaces and id maps, so that the caller can go on
+/// while it mounts, pivots and executes the builder. A build with a private
+/// network gets a loopback namespace from `networks` (a spare one, or a new
+/// one that is kept) instead of one made and torn down for it alone; the
+/// handle holds it ([`SandboxParts::network`]) until it is given back.
+///
+/// A failure of the child's setup shows once it has exited: its status is
+/// 1, and [`SandboxChild::wait_for_setup`] (or [`ChildSetup::wait`]) names
+/// the step.
 ///
 /// # Errors
 ///
-/// As [`spawn()`]; also when this thread cannot return to its own network
-/// namespace after entering the build's.
-pub fn spawn_reusing_network(
+/// A failure in this process: creating the pipes, the namespaces (then
+/// [`SandboxError::Unavailable`]), writing the id maps, saving the
+/// namespaces, or returning this thread to its network namespace.
+pub fn start(
     chroot: &Chroot,
     command: &Command,
     networks: &NetworkNamespaces,
 ) -> Result<SandboxChild, SandboxError> {
-    spawn_in(chroot, command, Some(networks))
+    start_child(chroot, command, Some(networks))
 }
 
-fn spawn_in(
+/// What a child of [`start`] reads and runs on until it has executed the
+/// builder or exited (its plan and its stack), and how to tell which it
+/// did: the read end of its close-on-exec error pipe.
+///
+/// Dropping it before that is known kills the child if it is still setting
+/// up, and waits until it is gone: the memory it uses is freed only then.
+pub struct ChildSetup {
+    error: OwnedFd,
+    pid: Pid,
+    /// The setup's outcome, once read.
+    outcome: Option<Result<(), Failure>>,
+    // Read by the child until `outcome` is known: declared last, so that
+    // they are dropped after `Drop::drop` made sure the child is gone.
+    plan: Box<ChildPlan>,
+    _stack: ChildStack,
+}
+
+impl fmt::Debug for ChildSetup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildSetup")
+            .field("pid", &self.pid)
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the plan's pointers point into strings the plan owns on the heap,
+// and the stack is a mapping of this process: neither depends on the thread
+// that holds them.
+unsafe impl Send for ChildSetup {}
+
+impl ChildSetup {
+    /// Waits until the child has executed the builder (`Ok`) or reported a
+    /// failed setup step and exited (the error names the step). Returns at
+    /// once after the child was reaped. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// The failed step, or a failure to read the error pipe.
+    pub fn wait(&mut self) -> Result<(), SandboxError> {
+        let outcome = match self.outcome {
+            Some(outcome) => outcome,
+            None => {
+                let outcome = self.read_outcome()?;
+                self.outcome = Some(outcome);
+                outcome
+            }
+        };
+        outcome.map_err(|failure| SandboxError::Child {
+            step: failure.describe(&self.plan),
+            source: io::Error::from_raw_os_error(failure.errno),
+        })
+    }
+
+    /// Reads the error pipe until EOF, which comes once the child executed
+    /// the builder (the pipe is close-on-exec) or exited: a record before
+    /// it is a failure.
+    fn read_outcome(&self) -> Result<Result<(), Failure>, SandboxError> {
+        let mut record = [0u8; FAILURE_BYTES];
+        let read = read_full(&self.error, &mut record).map_err(setup_unreadable)?;
+        // Whatever came after a record (nothing, from a well-behaved child)
+        // is read too: EOF is what says the child is gone.
+        let mut rest = [0u8; 64];
+        while read_full(&self.error, &mut rest).map_err(setup_unreadable)? > 0 {}
+        match read {
+            0 => Ok(Ok(())),
+            FAILURE_BYTES => match Failure::decode(&record) {
+                Some(failure) => Ok(Err(failure)),
+                None => Err(setup_unreadable(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "an unknown failure record",
+                ))),
+            },
+            _ => Err(setup_unreadable(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a truncated failure record",
+            ))),
+        }
+    }
+
+    /// Whether the child still holds the error pipe's write end, that is,
+    /// has neither executed the builder nor exited.
+    fn child_holds_the_pipe(&self) -> bool {
+        let mut fds = [rustix::event::PollFd::new(
+            &self.error,
+            rustix::event::PollFlags::IN,
+        )];
+        match rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+            Ok(0) => true,
+            // Readable: a record, or EOF, is there to read.
+            Ok(_) => !fds[0].revents().contains(rustix::event::PollFlags::HUP),
+            Err(_) => true,
+        }
+    }
+}
+
+impl Drop for ChildSetup {
+    fn drop(&mut self) {
+        if self.outcome.is_some() {
+            return;
+        }
+        if self.child_holds_the_pipe() {
+            // Still setting up, so not a zombie either: its pid cannot have
+            // been reused, and killing it is what ends its use of `plan` and
+            // `_stack`.
+            let _ = rustix::process::kill_process(self.pid, Signal::KILL);
+        }
+        // EOF comes when the child has left this memory; an error of the
+        // read (none is expected on a pipe) leaves nothing else to wait on.
+        let mut rest = [0u8; 64];
+        while let Ok(1..) = read_full(&self.error, &mut rest) {}
+    }
+}
+
+fn setup_unreadable(source: io::Error) -> SandboxError {
+    SandboxError::Spawn {
+        step: "reading the builder's setup result",
+        source,
+    }
+}
+
+fn start_child(
     chroot: &Chroot,
     command: &Command,
     networks: Option<&NetworkNamespaces>,
 ) -> Result<SandboxChild, SandboxError> {
-    let mut plan = ChildPlan::new(chroot, command)?;
+    // On the heap, where it stays put for the child to read while the box
+    // moves into the handle.
+    let mut plan = Box::new(ChildPlan::new(chroot, command)?);
     let pipe = || {
         rustix::pipe::pipe_with(PipeFlags::CLOEXEC).map_err(|errno| SandboxError::Spawn {
             step: "creating a pipe",
@@ -228,32 +389,26 @@ fn spawn_in(
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWCGROUP;
     // The child shares this process's memory until it executes the builder
-    // (see `clone_vm`). It waits for the id maps, so this thread cannot be
-    // suspended as with CLONE_VFORK, and the two run side by side. Why that
-    // is sound:
+    // (see `clone_vm`), and runs side by side with this thread: it waits for
+    // the id maps, and this function returns without waiting for its setup.
+    // Why that is sound:
     //
-    // - What the child reads (`plan`, the chroot's ops, `fds`) is borrowed
-    //   immutably here and outlives this function's every use of the child;
-    //   its stack (`stack`) is dropped only once the child is gone: it has
-    //   executed the builder or exited. EOF on the error pipe means one of
-    //   the two (the kernel closes a process's descriptors only after it has
-    //   dropped its memory, at `execve` as at exit); otherwise this thread
-    //   waits for the exit (after killing the child if something failed).
-    //   An early return before the release drops `handle` first (it is
-    //   declared after `stack` and `blocked`), which kills and reaps the
-    //   child.
-    // - The child writes nothing of this process's but its stack and
-    //   `errno`, which it shares with this thread. Until the release it
-    //   does not touch `errno` either (`clone_vm`'s trampoline and the start
-    //   of `child::run` make only raw system calls and `sigaction` calls
-    //   that cannot fail, and it leaves on `_exit` if not released), so this
-    //   thread may use the C library freely until then. From the release
-    //   until the child is gone, this thread makes only raw system calls
-    //   (rustix), which never touch `errno`, and allocates nothing. The
-    //   pipe write that releases the child orders the two periods.
-    // - Signals stay blocked in this thread from before the clone until the
-    //   child is gone (`blocked`), so no handler runs on this thread's
-    //   `errno` meanwhile, and the child starts with them all blocked.
+    // - What the child reads is the plan, on the heap, and the chroot's ops,
+    //   which the plan shares; `fds` is copied onto the child's stack. The
+    //   plan and the stack move into the returned `ChildSetup`, which frees
+    //   them only once EOF on the error pipe says the child has executed the
+    //   builder or exited (the kernel closes a process's descriptors only
+    //   after it has dropped its memory, at `execve` as at exit), killing it
+    //   first if it is still setting up. An early return before that drops
+    //   `handle` first (it is declared after `stack` and `plan`'s box is
+    //   not dropped before it either), which kills and reaps the child.
+    // - The child writes nothing of this process's but its stack: it makes
+    //   raw system calls only, which touch neither `errno` nor anything else
+    //   of this thread's (see `child.rs`). So this thread, and any other,
+    //   may go on as they like.
+    // - Signals are blocked in this thread around the clone (`blocked`), so
+    //   the child starts with them all blocked and resets the handlers
+    //   before anything unblocks one.
     let mut stack = ChildStack::new().map_err(|source| SandboxError::Spawn {
         step: "mapping a stack for the builder's child",
         source,
@@ -273,13 +428,18 @@ fn spawn_in(
     } else {
         plan.bring_loopback_up = false;
     }
-    let plan = &plan;
+    let child_plan: &ChildPlan = &plan;
     // SAFETY: `child::run` allocates nothing, takes no lock, writes only its
-    // stack and `errno`, and ends with `execve` or `_exit`; signals are
-    // blocked; the argument above covers the stack, the plan and `errno`
-    // until the child is gone.
-    let pid = unsafe { clone_vm(flags, &mut stack, &blocked, move || child::run(plan, fds)) };
+    // stack, makes raw system calls only, and ends with `execve` or
+    // `exit_group`; signals are blocked; the argument above covers the
+    // stack and the plan until the child is gone.
+    let pid = unsafe {
+        clone_vm(flags, &mut stack, &blocked, move || {
+            child::run(child_plan, fds)
+        })
+    };
     let network = entered.map(Entered::leave).transpose();
+    drop(blocked);
     let pid = pid.map_err(refused)?;
     // The parent's copies of the child's ends: closing them is what lets EOF
     // on the log and error pipes mean that every writer is gone.
@@ -299,38 +459,14 @@ fn spawn_in(
     write_id_maps(pid)?;
     let namespaces =
         SavedNamespaces::new(open_namespace(pid, "mnt")?, open_namespace(pid, "user")?);
-
-    // From the release until the child is gone, raw system calls only (see
-    // above): errors are kept as they are until then.
-    let released = handle.release();
-    // Wait for `execve` (EOF) or a failure record.
-    let mut record = [0u8; FAILURE_BYTES];
-    let read = match released {
-        Ok(()) => read_full(&error_read, &mut record),
-        Err(errno) => Err(errno.into()),
-    };
-    match read {
-        Ok(0) => {}
-        // The child reported a failure and exits: wait for it.
-        Ok(_) => handle.wait_for_exit(),
-        // Whatever the child does, it must not go on.
-        Err(_) => handle.kill_and_wait(),
+    if let Err(errno) = handle.release() {
+        return Err(SandboxError::Spawn {
+            step: "releasing the builder",
+            source: errno.into(),
+        });
     }
-    // The child is gone from this memory: it executed the builder (EOF), or
-    // it exited. Now this thread may use `errno`, and handlers may run.
     let pid = handle.disarm();
-    drop(blocked);
-    drop(stack);
-    let read = read.map_err(|source| SandboxError::Spawn {
-        step: if released.is_err() {
-            "releasing the builder"
-        } else {
-            "reading the builder's setup result"
-        },
-        source,
-    })?;
-
-    let mut child = SandboxChild {
+    Ok(SandboxChild {
         pid,
         pidfd,
         log: Some(log_read),
@@ -338,24 +474,14 @@ fn spawn_in(
         network,
         status: None,
         handed_over: false,
-    };
-    if read == 0 {
-        return Ok(child);
-    }
-    let _ = child.wait();
-    match (read == FAILURE_BYTES)
-        .then(|| Failure::decode(&record))
-        .flatten()
-    {
-        Some(failure) => Err(SandboxError::Child {
-            step: failure.describe(plan),
-            source: io::Error::from_raw_os_error(failure.errno),
+        setup: Some(ChildSetup {
+            error: error_read,
+            pid,
+            outcome: None,
+            plan,
+            _stack: stack,
         }),
-        None => Err(SandboxError::Spawn {
-            step: "reading the builder's setup result",
-            source: io::Error::new(io::ErrorKind::InvalidData, "a truncated failure record"),
-        }),
-    }
+    })
 }
 
 /// Creates the sandbox's namespaces once for a child that exits at once.
@@ -413,22 +539,6 @@ impl Started {
             Some(sync) => rustix::io::write(sync, b"1").map(drop),
             None => Ok(()),
         }
-    }
-
-    /// Waits until the child has exited, leaving it unreaped for its new
-    /// owner: `waitid` with `WNOWAIT`. A zombie holds none of this process's
-    /// memory any more.
-    fn wait_for_exit(&self) {
-        let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
-        // Any error but EINTR means the child is gone: ECHILD when another
-        // thread reaped it, or when SIGCHLD is ignored (after its exit).
-        while let Err(Errno::INTR) = rustix::process::waitid(WaitId::Pid(self.pid), options) {}
-    }
-
-    /// Kills the child and waits until it has exited, leaving it unreaped.
-    fn kill_and_wait(&self) {
-        let _ = rustix::process::kill_process(self.pid, Signal::KILL);
-        self.wait_for_exit();
     }
 
     /// Hands the child over; it is no longer killed on drop.

@@ -530,6 +530,32 @@ fn only_fixed_output_builds_reach_the_host_network() {
 }
 
 #[test]
+fn a_failed_setup_step_is_named_when_the_build_is_torn_down() {
+    let Some(sandbox) = sandbox() else { return };
+    let t = TestStore::new(sandbox);
+    // The child fails its last step, `execve`, after `start_child` has
+    // returned: the failure comes out of `unprepare`, with the step.
+    let mut drv = sh_drv(t.store_dir(), "no-builder", "true");
+    drv.builder = "/nonexistent/sh".to_owned();
+    let (log, result) = t.build(&drv);
+    let message = result.expect_err("no such builder").to_string();
+    assert!(
+        message.contains("starting builder '/nonexistent/sh'"),
+        "{message}\n{log}"
+    );
+    assert!(message.contains("executing /nonexistent/sh"), "{message}");
+    assert!(
+        t.leftover_sandboxes().is_empty(),
+        "{:?}",
+        t.leftover_sandboxes()
+    );
+
+    // The next build is not disturbed by it.
+    let (log, result) = t.build(&sh_drv(t.store_dir(), "after", "echo ok > $out"));
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+}
+
+#[test]
 fn network_namespaces_serve_one_build_after_another_unless_sockets_are_left() {
     let Some(sandbox) = sandbox() else { return };
     if fs::metadata("/proc/self").unwrap().uid() != 0 {
