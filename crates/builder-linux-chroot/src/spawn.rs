@@ -2,13 +2,15 @@
 //!
 //! The parent prepares everything (`ChildPlan`), creates the child with a
 //! `clone` in new user, mount, PID, IPC, UTS and cgroup namespaces (and a
-//! new network namespace unless the build keeps the host's network) that
-//! shares its memory until `execve` (`clone_vm`: no copy of the parent's
-//! page tables, whose cost grows with the parent's size), writes
-//! the child's uid and gid maps as Nix does (`setgroups` denied), saves its
-//! mount and user namespaces, and only then lets it go on. The child reports
-//! a failed setup step over a close-on-exec pipe; EOF on that pipe means the
-//! builder was executed.
+//! network namespace unless the build keeps the host's network: a new one,
+//! or one kept from an earlier build, see [`crate::network`]) that shares
+//! its memory until `execve` (`clone_vm`: no copy of the parent's page
+//! tables, whose cost grows with the parent's size), writes the child's uid
+//! and gid maps as Nix does (`setgroups` denied), saves its mount and user
+//! namespaces, and only then lets it go on. The child reports a failed setup
+//! step over a close-on-exec pipe; EOF on that pipe means the builder was
+//! executed. [`spawn()`] waits for that; [`start()`] does not, and leaves
+//! the answer to the caller in a [`ChildSetup`].
 
 use std::fmt;
 use std::fs;
