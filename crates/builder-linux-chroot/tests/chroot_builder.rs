@@ -556,6 +556,34 @@ fn a_failed_setup_step_is_named_when_the_build_is_torn_down() {
 }
 
 #[test]
+fn a_build_killed_while_its_sandbox_is_set_up_ends_at_once() {
+    let Some(sandbox) = sandbox() else { return };
+    let t = TestStore::new(sandbox);
+    // `start` hands the builder back while its child may still be setting
+    // the sandbox up (before it leads a process group; the builder crate's
+    // `kill_builder` test covers that case alone): a kill right away must
+    // reach it all the same, or the build would run its 30 seconds.
+    let drv = sh_drv(t.store_dir(), "killed-early", "sleep 30; echo late > $out");
+    let began = std::time::Instant::now();
+    let mut running = prepare(&t.store, t.request(&drv), Box::new(t.builder()))
+        .and_then(|p| p.start())
+        .unwrap();
+    running.kill().unwrap();
+    let result = running.unprepare(&t.store);
+    assert!(result.is_err(), "a killed build fails");
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "the kill missed the child: {:?}",
+        began.elapsed()
+    );
+    assert!(
+        t.leftover_sandboxes().is_empty(),
+        "{:?}",
+        t.leftover_sandboxes()
+    );
+}
+
+#[test]
 fn network_namespaces_serve_one_build_after_another_unless_sockets_are_left() {
     let Some(sandbox) = sandbox() else { return };
     if fs::metadata("/proc/self").unwrap().uid() != 0 {

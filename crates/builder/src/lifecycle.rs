@@ -391,14 +391,14 @@ impl RunningBuild {
         Ok(broken)
     }
 
-    /// Sends SIGKILL to the builder's process group.
+    /// Sends SIGKILL to the builder and its process group.
     ///
     /// # Errors
     ///
     /// When `kill` fails.
     pub fn kill(&mut self) -> io::Result<()> {
         if self.child.reaped.is_none() {
-            process::kill_process_group(self.child.pid)?;
+            process::kill_builder(self.child.pid)?;
         }
         Ok(())
     }

@@ -172,8 +172,30 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Sends SIGKILL to the process group `pid` leads. A group that is already
+/// Sends SIGKILL to the builder `pid`, which must not have been reaped yet,
+/// and to the process group it leads. A process or group that is already
 /// gone is not an error.
+///
+/// The builder itself is killed, not only its group, because it may not
+/// lead its group yet: a child that is still setting up when the builder
+/// is handed back (the sandbox's, which starts its session only once its
+/// namespaces are made) would be missed by the group's kill and go on to
+/// run the builder.
+///
+/// # Errors
+///
+/// When `kill` fails for another reason.
+pub fn kill_builder(pid: Pid) -> io::Result<()> {
+    match rustix::process::kill_process(pid, Signal::KILL) {
+        Ok(()) | Err(Errno::SRCH) => {}
+        Err(e) => return Err(e.into()),
+    }
+    kill_process_group(pid)
+}
+
+/// Sends SIGKILL to the process group `pid` leads. A group that is already
+/// gone is not an error. Safe after `pid` was reaped: the kernel does not
+/// reuse a process id while a group of that id has members.
 ///
 /// # Errors
 ///
@@ -208,7 +230,7 @@ pub fn try_reap(pid: Pid) -> io::Result<Option<ExitStatus>> {
 ///
 /// When `kill` or `waitpid` fails.
 pub(crate) fn kill_and_reap(pid: Pid) -> io::Result<ExitStatus> {
-    kill_process_group(pid)?;
+    kill_builder(pid)?;
     loop {
         match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
             Ok(Some((_, status))) => return Ok(ExitStatus::from_wait(status)),
@@ -239,5 +261,26 @@ pub(crate) fn read_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result
             Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    #[test]
+    fn a_builder_that_leads_no_group_yet_is_killed_too() {
+        // A child in this test's own process group, as a sandbox child is
+        // before its `setsid`: the group named by its pid does not exist.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("a pid")).expect("a pid");
+        kill_builder(pid).expect("kill");
+        let status = child.wait().expect("wait");
+        assert_eq!(status.signal(), Some(9), "SIGKILL: {status}");
     }
 }
