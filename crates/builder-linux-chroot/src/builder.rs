@@ -37,7 +37,7 @@ use crate::chroot::Chroot;
 use crate::namespaces::SavedNamespaces;
 use crate::network::{LoopbackNamespace, NetworkNamespaces};
 use crate::rescue::{Rescue, rescue_outputs_from};
-use crate::spawn::ChildSetup;
+use crate::setup::ChildSetup;
 use crate::spec::{BindMount, ChrootSpec, Command, Network, SANDBOX_BUILD_DIR};
 use crate::{SandboxError, check_support, default_sandbox_paths};
 

@@ -25,6 +25,7 @@ use rustix::thread::UnshareFlags;
 
 use crate::chroot::Op;
 use crate::plan::ChildPlan;
+use crate::setup::SetupRecords;
 use crate::spec::{SANDBOX_DOMAINNAME, SANDBOX_HOSTNAME};
 
 /// The steps of the child's setup, named in error messages.
@@ -140,6 +141,18 @@ impl Failure {
             Step::CloseFds => "closing inherited file descriptors".to_owned(),
             Step::Exec => format!("executing {}", plan.program.to_string_lossy()),
         }
+    }
+}
+
+impl SetupRecords for ChildPlan {
+    fn record_bytes(&self) -> usize {
+        FAILURE_BYTES
+    }
+
+    fn describe(&self, record: &[u8]) -> Option<(String, i32)> {
+        let record: &[u8; FAILURE_BYTES] = record.try_into().ok()?;
+        let failure = Failure::decode(record)?;
+        Some((failure.describe(self), failure.errno))
     }
 }
 

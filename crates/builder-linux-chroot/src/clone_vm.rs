@@ -57,6 +57,10 @@ pub(crate) struct ChildStack {
     len: usize,
 }
 
+// SAFETY: the stack is a mapping of this process, usable from any thread;
+// the value only unmaps it on drop.
+unsafe impl Send for ChildStack {}
+
 impl ChildStack {
     /// Maps a new stack.
     pub(crate) fn new() -> io::Result<ChildStack> {

@@ -50,6 +50,7 @@ mod elf;
 mod error;
 mod plan;
 mod raw;
+mod setup;
 
 pub use builder::{ChrootBuilder, SandboxConfig};
 pub use chroot::Chroot;
@@ -58,5 +59,6 @@ pub use namespaces::{SavedNamespaces, check_support};
 pub use network::{LoopbackNamespace, NetworkNamespaces};
 pub use relocate::{RelocatingBuilder, spawn_relocated};
 pub use rescue::{Rescue, rescue_outputs, rescue_outputs_from};
-pub use spawn::{ChildSetup, SandboxChild, SandboxParts, spawn, start};
+pub use setup::ChildSetup;
+pub use spawn::{SandboxChild, SandboxParts, spawn, start};
 pub use spec::{BindMount, ChrootSpec, Command, Network, default_sandbox_paths};

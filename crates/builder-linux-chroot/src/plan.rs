@@ -31,6 +31,10 @@ pub(crate) struct ChildPlan {
     envp: Vec<*const libc::c_char>,
 }
 
+// SAFETY: the pointer arrays point into strings the plan owns on the heap,
+// which are valid and unchanged wherever the plan is, on any thread.
+unsafe impl Send for ChildPlan {}
+
 impl ChildPlan {
     /// Lays out `command` in `chroot` for the child.
     pub(crate) fn new(chroot: &Chroot, command: &Command) -> Result<ChildPlan, SandboxError> {

@@ -20,7 +20,7 @@ use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use larder_builder::process::set_nonblocking;
 use larder_builder::{
@@ -31,17 +31,33 @@ use rustix::io::Errno;
 use rustix::pipe::PipeFlags;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
 
+use crate::SandboxError;
 use crate::child;
-use crate::clone_vm::{ChildStack, spawn_vfork};
+use crate::clone_vm::{ChildStack, SignalsBlocked, clone_vm};
 use crate::plan::null_terminated;
-use crate::spawn::read_full;
+use crate::setup::{ChildSetup, SetupRecords};
 
 /// The generic builder, with the store relocated by a mount namespace the
 /// child makes itself instead of through `unshare(1)` (see the module
 /// documentation). Where the real store directory is the logical one, it
 /// spawns exactly as [`GenericBuilder`] does.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RelocatingBuilder;
+///
+/// The worker goes on while the child makes its namespace and mount
+/// ([`start_relocated`]); a failed step shows when the builder is reaped.
+#[derive(Debug, Default)]
+pub struct RelocatingBuilder {
+    /// The child's setup, from `start_child` until the builder is reaped.
+    setup: Option<ChildSetup>,
+    /// The builder program, for the message of a failed setup.
+    program: PathBuf,
+}
+
+impl RelocatingBuilder {
+    /// A builder for one build.
+    pub fn new() -> Self {
+        RelocatingBuilder::default()
+    }
+}
 
 impl DerivationBuilder for RelocatingBuilder {
     fn start_child(
@@ -53,13 +69,35 @@ impl DerivationBuilder for RelocatingBuilder {
         if ctx.real_store_dir == logical {
             return GenericBuilder.start_child(ctx, command);
         }
-        spawn_relocated(&ctx.real_store_dir, logical, command).map_err(|e| {
-            BuildError::misc(format!(
+        let (spawned, setup) =
+            start_relocated(&ctx.real_store_dir, logical, command).map_err(|e| {
+                BuildError::misc(format!(
+                    "starting builder '{}' for '{}': {e}",
+                    command.program.display(),
+                    ctx.drv_display()
+                ))
+            })?;
+        self.setup = Some(setup);
+        self.program.clone_from(&command.program);
+        Ok(spawned)
+    }
+
+    /// The builder was reaped, so the child's answer is there: it executed
+    /// the builder, or it failed a step and exited.
+    fn kill_sandbox(&mut self, ctx: &BuildContext) -> larder_builder::error::Result<()> {
+        match self.setup.take().map(|mut setup| setup.wait()) {
+            Some(Err(e)) => Err(BuildError::misc(format!(
                 "starting builder '{}' for '{}': {e}",
-                command.program.display(),
+                self.program.display(),
                 ctx.drv_display()
-            ))
-        })
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn cleanup_sandbox(&mut self, _ctx: &BuildContext, _success: bool) {
+        // A setup still going on (the build was dropped) is ended.
+        self.setup = None;
     }
 }
 
@@ -77,7 +115,41 @@ pub fn spawn_relocated(
     logical_store: &Path,
     command: &BuilderCommand,
 ) -> io::Result<SpawnedBuilder> {
-    let plan = Plan::new(real_store, logical_store, command)?;
+    let (spawned, mut setup) = start_relocated(real_store, logical_store, command)?;
+    let mut child = Reaper(Some(spawned.pid));
+    match setup.wait() {
+        Ok(()) => {
+            child.0 = None;
+            Ok(spawned)
+        }
+        Err(SandboxError::Child { step, source }) => {
+            child.reap();
+            Err(io::Error::new(source.kind(), format!("{step}: {source}")))
+        }
+        Err(other) => {
+            child.reap();
+            Err(io::Error::other(other.to_string()))
+        }
+    }
+}
+
+/// As [`spawn_relocated`], but returns as soon as the child exists, with
+/// its [`ChildSetup`]: the caller goes on while the child makes its
+/// namespace and mount, and asks the setup once the builder is reaped (a
+/// failed step makes the child exit with status 1). The setup must be kept
+/// until then; dropping it earlier kills a child still setting up.
+///
+/// # Errors
+///
+/// When a pipe cannot be made or the kernel refuses the namespace.
+pub fn start_relocated(
+    real_store: &Path,
+    logical_store: &Path,
+    command: &BuilderCommand,
+) -> io::Result<(SpawnedBuilder, ChildSetup)> {
+    // On the heap, where it stays put for the child to read while the box
+    // moves into the setup.
+    let plan = Box::new(Plan::new(real_store, logical_store, command)?);
     let (log_read, log_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
     let (error_read, error_write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
     let stdin = rustix::fs::open(
@@ -100,43 +172,32 @@ pub fn spawn_relocated(
             format!("mapping a stack for the builder's child: {e}"),
         )
     })?;
-    // The child shares this process's memory and this thread is suspended
-    // until it executed the builder or exited (CLONE_VFORK), so `plan`,
-    // `fds` and the stack are provably unused once this returns; the child
-    // waits for nothing this thread would do.
-    // SAFETY: `run` allocates nothing, takes no lock, writes only its stack
-    // and `errno`, makes only async-signal-safe calls, and ends with
-    // `execve` or `_exit`.
-    let pid = unsafe { spawn_vfork(flags, &mut stack, || run(&plan, fds)) }.map_err(|e| {
+    let blocked = SignalsBlocked::new()?;
+    let child_plan: &Plan = &plan;
+    // The child shares this process's memory and runs side by side with it.
+    // It reads the plan (on the heap) and runs on `stack`, both of which
+    // move into the returned `ChildSetup`, which frees them only once the
+    // child has executed the builder or exited (killing it first if it is
+    // still setting up); an early return before that reaps the child first
+    // (`Reaper`, declared after them). It writes nothing of this process's
+    // but its stack: raw system calls only, so no `errno` either.
+    // SAFETY: `run` allocates nothing, takes no lock, writes only its stack,
+    // makes raw system calls only, and ends with `execve` or `exit_group`;
+    // signals are blocked around the clone; the plan and the stack outlive
+    // the child's use of them as argued above.
+    let pid = unsafe { clone_vm(flags, &mut stack, &blocked, move || run(child_plan, fds)) };
+    drop(blocked);
+    let pid = pid.map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("creating a mount namespace to relocate the store: {e}"),
         )
     })?;
-    drop(stack);
     // Closing the parent's copies of the child's ends is what makes EOF on
-    // the error pipe mean `execve` and EOF on the log mean every writer is
-    // gone.
+    // the error pipe mean `execve` or exit, and EOF on the log mean every
+    // writer is gone.
     drop((log_write, error_write, stdin));
     let mut child = Reaper(Some(pid));
-
-    let mut record = [0u8; RECORD_BYTES];
-    let read = read_full(&error_read, &mut record)?;
-    if read != 0 {
-        child.reap();
-        return Err(
-            match (read == RECORD_BYTES).then(|| decode(&record)).flatten() {
-                Some((step, errno)) => {
-                    let source = io::Error::from_raw_os_error(errno.raw_os_error());
-                    io::Error::new(source.kind(), format!("{}: {source}", step.describe(&plan)))
-                }
-                None => io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "a truncated failure record from the builder's child",
-                ),
-            },
-        );
-    }
     set_nonblocking(log_read.as_fd())?;
     let exit_fd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
         Ok(fd) => Some(fd),
@@ -144,11 +205,12 @@ pub fn spawn_relocated(
         Err(e) => return Err(e.into()),
     };
     child.0 = None;
-    Ok(SpawnedBuilder {
+    let spawned = SpawnedBuilder {
         pid,
         log: log_read,
         exit_fd,
-    })
+    };
+    Ok((spawned, ChildSetup::new(pid, error_read, plan, stack)))
 }
 
 /// Kills and reaps the child unless it was handed over.
@@ -223,6 +285,21 @@ impl Plan {
             argv,
             envp,
         })
+    }
+}
+
+// SAFETY: the pointer arrays point into strings the plan owns on the heap,
+// which are valid and unchanged wherever the plan is, on any thread.
+unsafe impl Send for Plan {}
+
+impl SetupRecords for Plan {
+    fn record_bytes(&self) -> usize {
+        RECORD_BYTES
+    }
+
+    fn describe(&self, record: &[u8]) -> Option<(String, i32)> {
+        let (step, errno) = decode(record.try_into().ok()?)?;
+        Some((step.describe(self), errno.raw_os_error()))
     }
 }
 
@@ -326,8 +403,9 @@ fn run(plan: &Plan, fds: Fds) -> ! {
         Ok(never) => match never {},
         Err(failure) => failure,
     };
-    // SAFETY: `error_write` is open in the child, inherited from the parent,
-    // which keeps its copy open until `clone` returned.
+    // SAFETY: `error_write` is open in the child: the `clone` gave it a copy
+    // of the parent's descriptor table, which had it open then, and the
+    // child closes nothing (the copy is its own).
     let error_pipe = unsafe { BorrowedFd::borrow_raw(fds.error_write) };
     let _ = rustix::io::write(error_pipe, &encode(step, errno));
     child::exit(1)
@@ -362,8 +440,8 @@ fn setup_and_exec(plan: &Plan, fds: Fds) -> Result<Never, (Step, Errno)> {
 
     child::reset_signals().map_err(at(Step::Signals))?;
 
-    // SAFETY: both descriptors are open in the child, inherited from the
-    // parent, which keeps its copies open until `clone` returned.
+    // SAFETY: both descriptors are open in the child, whose copy of the
+    // parent's descriptor table had them open at the `clone`.
     unsafe { child::redirect_stdio(fds.stdin, fds.log_write) }.map_err(at(Step::Stdio))?;
     rustix::process::chdir(plan.working_dir.as_c_str()).map_err(at(Step::WorkingDir))?;
 

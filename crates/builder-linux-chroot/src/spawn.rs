@@ -12,7 +12,6 @@
 //! executed. [`spawn()`] waits for that; [`start()`] does not, and leaves
 //! the answer to the caller in a [`ChildSetup`].
 
-use std::fmt;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -25,12 +24,13 @@ use rustix::pipe::PipeFlags;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
 
 use crate::SandboxError;
-use crate::child::{self, ChildFds, FAILURE_BYTES, Failure};
+use crate::child::{self, ChildFds};
 use crate::chroot::Chroot;
 use crate::clone_vm::{ChildStack, SignalsBlocked, clone_vm, spawn_vfork};
 use crate::namespaces::SavedNamespaces;
 use crate::network::{Entered, LoopbackNamespace, NetworkNamespaces};
 use crate::plan::ChildPlan;
+use crate::setup::ChildSetup;
 use crate::spec::{Command, Network, SANDBOX_GID, SANDBOX_UID};
 
 /// A process running in the sandbox.
@@ -234,127 +234,6 @@ pub fn start(
     start_child(chroot, command, Some(networks))
 }
 
-/// What a child of [`start`] reads and runs on until it has executed the
-/// builder or exited (its plan and its stack), and how to tell which it
-/// did: the read end of its close-on-exec error pipe.
-///
-/// Dropping it before that is known kills the child if it is still setting
-/// up, and waits until it is gone: the memory it uses is freed only then.
-pub struct ChildSetup {
-    error: OwnedFd,
-    pid: Pid,
-    /// The setup's outcome, once read.
-    outcome: Option<Result<(), Failure>>,
-    // Read by the child until `outcome` is known: declared last, so that
-    // they are dropped after `Drop::drop` made sure the child is gone.
-    plan: Box<ChildPlan>,
-    _stack: ChildStack,
-}
-
-impl fmt::Debug for ChildSetup {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChildSetup")
-            .field("pid", &self.pid)
-            .field("outcome", &self.outcome)
-            .finish_non_exhaustive()
-    }
-}
-
-// SAFETY: the plan's pointers point into strings the plan owns on the heap,
-// and the stack is a mapping of this process: neither depends on the thread
-// that holds them.
-unsafe impl Send for ChildSetup {}
-
-impl ChildSetup {
-    /// Waits until the child has executed the builder (`Ok`) or reported a
-    /// failed setup step and exited (the error names the step). Returns at
-    /// once after the child was reaped. Idempotent.
-    ///
-    /// # Errors
-    ///
-    /// The failed step, or a failure to read the error pipe.
-    pub fn wait(&mut self) -> Result<(), SandboxError> {
-        let outcome = match self.outcome {
-            Some(outcome) => outcome,
-            None => {
-                let outcome = self.read_outcome()?;
-                self.outcome = Some(outcome);
-                outcome
-            }
-        };
-        outcome.map_err(|failure| SandboxError::Child {
-            step: failure.describe(&self.plan),
-            source: io::Error::from_raw_os_error(failure.errno),
-        })
-    }
-
-    /// Reads the error pipe until EOF, which comes once the child executed
-    /// the builder (the pipe is close-on-exec) or exited: a record before
-    /// it is a failure.
-    fn read_outcome(&self) -> Result<Result<(), Failure>, SandboxError> {
-        let mut record = [0u8; FAILURE_BYTES];
-        let read = read_full(&self.error, &mut record).map_err(setup_unreadable)?;
-        // Whatever came after a record (nothing, from a well-behaved child)
-        // is read too: EOF is what says the child is gone.
-        let mut rest = [0u8; 64];
-        while read_full(&self.error, &mut rest).map_err(setup_unreadable)? > 0 {}
-        match read {
-            0 => Ok(Ok(())),
-            FAILURE_BYTES => match Failure::decode(&record) {
-                Some(failure) => Ok(Err(failure)),
-                None => Err(setup_unreadable(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "an unknown failure record",
-                ))),
-            },
-            _ => Err(setup_unreadable(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a truncated failure record",
-            ))),
-        }
-    }
-
-    /// Whether the child still holds the error pipe's write end, that is,
-    /// has neither executed the builder nor exited.
-    fn child_holds_the_pipe(&self) -> bool {
-        let mut fds = [rustix::event::PollFd::new(
-            &self.error,
-            rustix::event::PollFlags::IN,
-        )];
-        match rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())) {
-            Ok(0) => true,
-            // Readable: a record, or EOF, is there to read.
-            Ok(_) => !fds[0].revents().contains(rustix::event::PollFlags::HUP),
-            Err(_) => true,
-        }
-    }
-}
-
-impl Drop for ChildSetup {
-    fn drop(&mut self) {
-        if self.outcome.is_some() {
-            return;
-        }
-        if self.child_holds_the_pipe() {
-            // Still setting up, so not a zombie either: its pid cannot have
-            // been reused, and killing it is what ends its use of `plan` and
-            // `_stack`.
-            let _ = rustix::process::kill_process(self.pid, Signal::KILL);
-        }
-        // EOF comes when the child has left this memory; an error of the
-        // read (none is expected on a pipe) leaves nothing else to wait on.
-        let mut rest = [0u8; 64];
-        while let Ok(1..) = read_full(&self.error, &mut rest) {}
-    }
-}
-
-fn setup_unreadable(source: io::Error) -> SandboxError {
-    SandboxError::Spawn {
-        step: "reading the builder's setup result",
-        source,
-    }
-}
-
 fn start_child(
     chroot: &Chroot,
     command: &Command,
@@ -476,13 +355,7 @@ fn start_child(
         network,
         status: None,
         handed_over: false,
-        setup: Some(ChildSetup {
-            error: error_read,
-            pid,
-            outcome: None,
-            plan,
-            _stack: stack,
-        }),
+        setup: Some(ChildSetup::new(pid, error_read, plan, stack)),
     })
 }
 

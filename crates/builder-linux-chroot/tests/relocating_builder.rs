@@ -66,7 +66,7 @@ impl TestStore {
                 ..BuildSettings::default()
             },
         };
-        let running = match prepare(&self.store, request, Box::new(RelocatingBuilder))
+        let running = match prepare(&self.store, request, Box::new(RelocatingBuilder::new()))
             .and_then(|p| p.start())
         {
             Ok(r) => r,

@@ -265,7 +265,7 @@ fn builder_factory(
     if no_sandbox {
         return Ok(Box::new(
             |_drv| -> Result<Box<dyn DerivationBuilder>, Failure> {
-                Ok(Box::new(RelocatingBuilder))
+                Ok(Box::new(RelocatingBuilder::new()))
             },
         ));
     }
