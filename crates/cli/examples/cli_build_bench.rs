@@ -30,10 +30,14 @@
 //! Before the first run the bench syncs and waits 65 s (not with `--quick`
 //! or `--no-settle`): on ext4 without a journal every inode deleted in the
 //! last minute slows down each file creation, so files deleted just before
-//! (by tests, other benches) would tax whichever tool builds first. One
-//! untimed round of each tool and mode follows, as the first runs after
-//! that idle minute are slower for both. Each figure of the independent
-//! builds is the median of `R` runs (5 unless `--reps`).
+//! (by tests, other benches) would tax whichever tool builds first. Every
+//! larder run then comes before every Nix run, on the same derivations:
+//! Nix deletes its build folders, chroots and lock files as it goes, which
+//! would tax the run after it, and larder deletes almost nothing while a
+//! run lasts. Each tool has one untimed round per mode before its runs, as
+//! the first runs after that idle minute are slower for both. Each figure
+//! of the independent builds is the median of `R` runs (5 unless
+//! `--reps`).
 //!
 //! Usage: `cli_build_bench [--quick] [--larder PATH] [--reps R] [--sizes
 //! 100,1000,...] [--no-settle]`. The `larder` binary defaults to the one
@@ -85,23 +89,61 @@ fn main() -> Result<()> {
         work: work.path().to_path_buf(),
     };
 
+    let modes: Vec<bool> = [false, true]
+        .into_iter()
+        .filter(|&sandboxed| !sandboxed || sandbox.is_none())
+        .collect();
+
+    // Every larder run first, then Nix's on the same derivations: Nix
+    // deletes its build folders, chroots and lock files as it goes, which
+    // slows down the file creation of whichever run comes next (see the
+    // settle above); larder deletes almost nothing while a run lasts.
+    // Each tool has one untimed round of its own first.
     if options.settle {
-        bench.warm_up(sandbox.is_none())?;
+        bench.warm_up_larder(&modes)?;
     }
-    for sandboxed in [false, true] {
-        if sandboxed && sandbox.is_some() {
-            continue;
-        }
-        let mut ours = Vec::new();
-        let mut whole = Vec::new();
-        let mut theirs = Vec::new();
+    let mut independent = Vec::new();
+    for &sandboxed in &modes {
         for _ in 0..options.reps {
             let set = bench.derivations(Shape::Independent, INDEPENDENT)?;
             let run = bench.larder(&set, sandboxed)?;
+            independent.push((sandboxed, set, run));
+        }
+    }
+    let mut dag = Vec::new();
+    for &n in &options.sizes {
+        let set = bench.derivations(Shape::Dag, n)?;
+        // The small sizes, the base of the flatness figures, are noisy on a
+        // shared machine: the median run of `reps` counts.
+        let reps = if n <= 1_000 { options.reps } else { 1 };
+        let mut runs = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            runs.push(bench.larder(&set, false)?);
+        }
+        runs.sort_by_key(|r| r.wall);
+        let run = runs.swap_remove(runs.len() / 2);
+        let over_budget = run.wall > SCALING_BUDGET;
+        dag.push((n, set, run));
+        if over_budget {
+            println!("cli_build_bench: N={n} took over {SCALING_BUDGET:?}, larger N skipped");
+            break;
+        }
+    }
+
+    if let Some(nix) = &bench.nix
+        && options.settle
+    {
+        bench.warm_up_nix(nix, &modes)?;
+    }
+    for &sandboxed in &modes {
+        let mut ours = Vec::new();
+        let mut whole = Vec::new();
+        let mut theirs = Vec::new();
+        for (_, set, run) in independent.iter().filter(|(s, ..)| *s == sandboxed) {
             ours.push(run.building_per_drv(INDEPENDENT));
             whole.push(run.per_drv(INDEPENDENT));
             if let Some(nix) = &bench.nix {
-                theirs.push(nix.realise(&set, sandboxed)?.per_drv(INDEPENDENT));
+                theirs.push(nix.realise(set, sandboxed)?.per_drv(INDEPENDENT));
             }
         }
         let (label, target) = if sandboxed {
@@ -127,31 +169,8 @@ fn main() -> Result<()> {
             "",
         );
     }
-
-    // larder's runs at every size first, Nix's after them: Nix deletes its
-    // build folders and lock files as it goes, which would slow down the
-    // file creation of whichever run came next (see the settle above).
-    let mut ours = Vec::new();
-    for &n in &options.sizes {
-        let set = bench.derivations(Shape::Dag, n)?;
-        // The small sizes, the base of the flatness figures, are noisy on a
-        // shared machine: the median run of `reps` counts.
-        let reps = if n <= 1_000 { options.reps } else { 1 };
-        let mut runs = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            runs.push(bench.larder(&set, false)?);
-        }
-        runs.sort_by_key(|r| r.wall);
-        let run = runs.swap_remove(runs.len() / 2);
-        let over_budget = run.wall > SCALING_BUDGET;
-        ours.push((n, set, run));
-        if over_budget {
-            println!("cli_build_bench: N={n} took over {SCALING_BUDGET:?}, larger N skipped");
-            break;
-        }
-    }
     let mut per_drv_at = BTreeMap::new();
-    for (n, set, run) in ours {
+    for (n, set, run) in dag {
         let peer = match &bench.nix {
             Some(nix) if NIX_SIZES.contains(&n) => Some(nix.realise(&set, false)?),
             _ => None,
@@ -350,20 +369,24 @@ impl Bench {
         Ok(DrvSet { files, nix_drvs })
     }
 
-    /// One untimed round of each tool and mode on a set of their own:
-    /// after the settle's minute of idling, the first runs on this VM are
-    /// slower for both tools, whatever they do.
-    fn warm_up(&self, with_sandbox: bool) -> Result<()> {
-        println!("cli_build_bench: one untimed round of each tool first");
-        for sandboxed in [false, true] {
-            if sandboxed && !with_sandbox {
-                continue;
-            }
+    /// One untimed larder build per mode, on sets of their own: after the
+    /// settle's minute of idling, the first runs on this VM are slower,
+    /// whatever the tool.
+    fn warm_up_larder(&self, modes: &[bool]) -> Result<()> {
+        println!("cli_build_bench: one untimed round of larder first");
+        for &sandboxed in modes {
             let set = self.derivations(Shape::Independent, INDEPENDENT)?;
             self.larder(&set, sandboxed)?;
-            if let Some(nix) = &self.nix {
-                nix.realise(&set, sandboxed)?;
-            }
+        }
+        Ok(())
+    }
+
+    /// The same for Nix, before its runs.
+    fn warm_up_nix(&self, nix: &Nix, modes: &[bool]) -> Result<()> {
+        println!("cli_build_bench: one untimed round of Nix first");
+        for &sandboxed in modes {
+            let set = self.derivations(Shape::Independent, INDEPENDENT)?;
+            nix.realise(&set, sandboxed)?;
         }
         Ok(())
     }
