@@ -280,9 +280,9 @@ fn start_child(
     //   them only once EOF on the error pipe says the child has executed the
     //   builder or exited (the kernel closes a process's descriptors only
     //   after it has dropped its memory, at `execve` as at exit), killing it
-    //   first if it is still setting up. An early return before that drops
-    //   `handle` first (it is declared after `stack` and `plan`'s box is
-    //   not dropped before it either), which kills and reaps the child.
+    //   first if it is still setting up. An early return before the handle
+    //   is built drops `handle`, declared after `plan` and `stack` and so
+    //   dropped before them, which kills and reaps the child.
     // - The child writes nothing of this process's but its stack: it makes
     //   raw system calls only, which touch neither `errno` nor anything else
     //   of this thread's (see `child.rs`). So this thread, and any other,
@@ -407,8 +407,9 @@ struct Started {
 }
 
 impl Started {
-    /// Tells the child the id maps are written. The pipe stays open (it is
-    /// closed once the child is gone, by `disarm` or on drop).
+    /// Tells the child the id maps are written. The byte stays readable
+    /// after `disarm` closes the pipe, so the child reads it whenever it
+    /// gets there.
     fn release(&self) -> rustix::io::Result<()> {
         match &self.sync_write {
             Some(sync) => rustix::io::write(sync, b"1").map(drop),
