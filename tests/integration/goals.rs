@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use larder_builder::test_support::nix_2_8;
 use larder_store_core::Derivation;
 
 use crate::drvs::{Scratch, input_addressed, modes, output_lines, run_bounded, store_dir, text};
@@ -183,17 +184,12 @@ fn four_processes_build_one_dag_once() {
 /// and NAR hashes, with and without the sandbox.
 #[test]
 fn nix_vectors_build_with_the_outputs_nix_produced() {
-    let builds = fs::read_to_string(vector("nix-2.8/builds.jsonl")).unwrap();
     let mut drv_paths = Vec::new();
     let mut expected: BTreeMap<String, String> = BTreeMap::new();
-    for line in builds.lines().filter(|l| !l.trim().is_empty()) {
-        let case: serde_json::Value = serde_json::from_str(line).unwrap();
-        drv_paths.push(PathBuf::from(case["drv_path"].as_str().unwrap()));
-        for output in case["outputs"].as_object().unwrap().values() {
-            expected.insert(
-                output["path"].as_str().unwrap().to_owned(),
-                output["nar_hash_sri"].as_str().unwrap().to_owned(),
-            );
+    for build in nix_2_8::builds() {
+        drv_paths.push(PathBuf::from(build.drv_path));
+        for output in build.outputs.into_values() {
+            expected.insert(output.path, output.nar_hash_sri);
         }
     }
     assert!(drv_paths.len() >= 20);

@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stderr, missing_docs)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::io::{Read, Write};
@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use larder_builder::test_support::nix_2_8::{builds, load_drv, store_file};
 use larder_builder::test_support::{lock_and_register, run_to_unprepared};
 use larder_builder::{
     BuildContext, BuildError, BuildOutputs, BuildRequest, BuildSettings, BuilderCommand,
@@ -28,9 +29,6 @@ use larder_local_store::{LocalStore, PathInfo};
 use larder_pathlocks::Owner;
 use larder_store_core::derivation::{Derivation, DerivationOutput};
 use larder_store_core::{ContentAddress, ContentAddressMethod, HashAlgo, StoreDir, StorePath, nar};
-use serde::Deserialize;
-
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../vectors/nix-2.8");
 
 /// The sandbox, or `None` with the reason printed.
 fn sandbox() -> Option<SandboxConfig> {
@@ -206,34 +204,12 @@ fn out_path(drv: &Derivation, store_dir: &StoreDir) -> StorePath {
 // ---------------------------------------------------------------------------
 // Nix 2.8's builds, in the sandbox.
 
-#[derive(Deserialize)]
-struct Build {
-    id: String,
-    drv_path: String,
-    outputs: BTreeMap<String, Output>,
-}
-
-#[derive(Deserialize)]
-struct Output {
-    path: String,
-    nar_hash_sri: String,
-    nar_size: u64,
-    references: Vec<String>,
-    ca: Option<String>,
-}
-
-fn store_file(base: &str) -> PathBuf {
-    PathBuf::from(VECTORS).join("drv/store").join(base)
-}
-
 /// Builds `path` after its inputs; sources are added from `drv/store/`.
 fn realise(t: &TestStore, path: &StorePath, done: &mut BTreeSet<StorePath>) {
     if done.contains(path) {
         return;
     }
-    let bytes = fs::read(store_file(path.as_str())).unwrap();
-    let name = path.name().strip_suffix(".drv").unwrap();
-    let drv = Derivation::parse_aterm(&bytes, name, t.store_dir()).unwrap();
+    let drv = load_drv(&t.store, path);
     for input in drv.input_drvs.keys() {
         realise(t, input, done);
     }
@@ -254,34 +230,14 @@ fn realise(t: &TestStore, path: &StorePath, done: &mut BTreeSet<StorePath>) {
 fn nix_2_8_builds_are_reproduced_in_the_sandbox() {
     let Some(sandbox) = sandbox() else { return };
     let t = TestStore::new(sandbox);
-    let text = fs::read_to_string(format!("{VECTORS}/builds.jsonl")).unwrap();
-    let builds: Vec<Build> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let builds = builds();
     assert_eq!(builds.len(), 26);
     let mut done = BTreeSet::new();
     for build in &builds {
         let drv_path = t.store_dir().parse(&build.drv_path).unwrap();
         realise(&t, &drv_path, &mut done);
         for (name, want) in &build.outputs {
-            let path = t.store_dir().parse(&want.path).unwrap();
-            let info =
-                t.store.query_path_info(&path).unwrap().unwrap_or_else(|| {
-                    panic!("{}: output {name} {} not valid", build.id, want.path)
-                });
-            let what = format!("{} {name}", build.id);
-            assert_eq!(info.nar_hash.to_sri(), want.nar_hash_sri, "{what}");
-            assert_eq!(info.nar_size, want.nar_size, "{what}");
-            let refs: Vec<String> = info
-                .references
-                .iter()
-                .map(|r| t.store_dir().display(r))
-                .collect();
-            let mut want_refs = want.references.clone();
-            want_refs.sort();
-            assert_eq!(refs, want_refs, "{what}");
-            assert_eq!(info.ca.map(|c| c.render()), want.ca, "{what}");
+            want.assert_matches(&t.store, &format!("{} {name}", build.id));
         }
     }
     assert!(
