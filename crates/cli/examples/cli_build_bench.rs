@@ -27,19 +27,15 @@
 //! whole run. Peak memory is the `VmHWM` of the process (its resident high-water
 //! mark), read from `/proc` every 2 ms while it runs.
 //!
-//! Before the first run the bench syncs and waits 65 s (not with `--quick`
-//! or `--no-settle`): on ext4 without a journal every inode deleted in the
-//! last minute slows down each file creation, so files deleted just before
-//! (by tests, other benches) would tax whichever tool builds first. Every
-//! larder run then comes before every Nix run, on the same derivations:
-//! Nix deletes its build folders, chroots and lock files as it goes, which
-//! would tax the run after it, and larder deletes almost nothing while a
-//! run lasts. Each tool has one untimed round per mode before its runs, as
-//! the first runs after that idle minute are slower for both. Each figure
-//! of the independent builds is the median of `R` runs (5 unless
-//! `--reps`). Each size of the DAG series is measured after a settle of its
-//! own (a larder run deletes its lock files when it ends), as the median of
-//! `R` runs (of at most 3 above N = 1,000).
+//! On ext4 without a journal (this project's machines) every inode deleted
+//! in the last minute (six while its inode table is not written back) slows
+//! down each file creation, and both tools delete files: Nix its build
+//! folders, chroots and lock files as it goes, larder its lock files when a
+//! run ends. So each measured run of the independent builds, of either
+//! tool, starts on a settled file system (`sync`, then 65 s), and so does
+//! each size of larder's DAG series; not with `--quick` or `--no-settle`.
+//! Every larder run comes before every Nix run, on the same derivations.
+//! Each figure is the median of `R` runs (3 unless `--reps`).
 //!
 //! Usage: `cli_build_bench [--quick] [--larder PATH] [--reps R] [--sizes
 //! 100,1000,...] [--no-settle]`. The `larder` binary defaults to the one
@@ -81,9 +77,6 @@ fn main() -> Result<()> {
             "cli_build_bench: the sandbox is not available ({reason}): sandboxed figures skipped"
         );
     }
-    if options.settle {
-        settle_file_system()?;
-    }
     let work = tempfile::Builder::new().prefix("build-bench").tempdir()?;
     let bench = Bench {
         larder: options.larder.clone(),
@@ -96,18 +89,18 @@ fn main() -> Result<()> {
         .filter(|&sandboxed| !sandboxed || sandbox.is_none())
         .collect();
 
-    // Every larder run first, then Nix's on the same derivations: Nix
-    // deletes its build folders, chroots and lock files as it goes, which
-    // slows down the file creation of whichever run comes next (see the
-    // settle above); larder deletes almost nothing while a run lasts.
-    // Each tool has one untimed round of its own first.
-    if options.settle {
-        bench.warm_up_larder(&modes)?;
-    }
+    // Every larder run first, then Nix's on the same derivations. Each
+    // measured run of the independent builds starts on a settled file
+    // system (`settle_file_system`): Nix deletes its build folders, chroots
+    // and lock files as it goes, and a larder run its lock files when it
+    // ends, and either would slow down the file creation of the run after.
     let mut independent = Vec::new();
     for &sandboxed in &modes {
         for _ in 0..options.reps {
             let set = bench.derivations(Shape::Independent, INDEPENDENT)?;
+            if options.settle {
+                settle_file_system()?;
+            }
             let run = bench.larder(&set, sandboxed)?;
             independent.push((sandboxed, set, run));
         }
@@ -142,11 +135,6 @@ fn main() -> Result<()> {
         }
     }
 
-    if let Some(nix) = &bench.nix
-        && options.settle
-    {
-        bench.warm_up_nix(nix, &modes)?;
-    }
     for &sandboxed in &modes {
         let mut ours = Vec::new();
         let mut whole = Vec::new();
@@ -155,6 +143,9 @@ fn main() -> Result<()> {
             ours.push(run.building_per_drv(INDEPENDENT));
             whole.push(run.per_drv(INDEPENDENT));
             if let Some(nix) = &bench.nix {
+                if options.settle {
+                    settle_file_system()?;
+                }
                 theirs.push(nix.realise(set, sandboxed)?.per_drv(INDEPENDENT));
             }
         }
@@ -247,7 +238,7 @@ impl Options {
             .and_then(Path::parent)
             .context("this example lives in target/<profile>/examples")?
             .join("larder");
-        let mut reps = 5;
+        let mut reps = 3;
         let mut sizes = vec![100, 1_000, 5_000, 10_000];
         let mut settle = true;
         let mut args = std::env::args().skip(1);
@@ -379,28 +370,6 @@ impl Bench {
             None => None,
         };
         Ok(DrvSet { files, nix_drvs })
-    }
-
-    /// One untimed larder build per mode, on sets of their own: after the
-    /// settle's minute of idling, the first runs on this VM are slower,
-    /// whatever the tool.
-    fn warm_up_larder(&self, modes: &[bool]) -> Result<()> {
-        println!("cli_build_bench: one untimed round of larder first");
-        for &sandboxed in modes {
-            let set = self.derivations(Shape::Independent, INDEPENDENT)?;
-            self.larder(&set, sandboxed)?;
-        }
-        Ok(())
-    }
-
-    /// The same for Nix, before its runs.
-    fn warm_up_nix(&self, nix: &Nix, modes: &[bool]) -> Result<()> {
-        println!("cli_build_bench: one untimed round of Nix first");
-        for &sandboxed in modes {
-            let set = self.derivations(Shape::Independent, INDEPENDENT)?;
-            nix.realise(&set, sandboxed)?;
-        }
-        Ok(())
     }
 
     /// `larder build -j2` of `set` into a fresh store.
