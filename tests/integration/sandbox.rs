@@ -299,8 +299,10 @@ fn loopback_is_up_inside() {
     };
     // The client retries until the listener is up rather than guessing how
     // long that takes on a loaded machine.
-    let script = "nc -l -p 7777 > /build/got & \
-                  i=0; until echo ping | nc -w 2 127.0.0.1 7777; do \
+    // The listener's input stays open (`sleep`), so that it reads what the
+    // client sends rather than closing first with the data unread.
+    let script = "sleep 2 | nc -l -p 7777 > /build/got & \
+                  i=0; until echo ping | nc -w 1 127.0.0.1 7777; do \
                   i=$((i+1)); [ $i -ge 100 ] && exit 1; sleep 0.1; done; \
                   wait; cat /build/got";
     let (status, log) = fixture.run(Network::Loopback, script);

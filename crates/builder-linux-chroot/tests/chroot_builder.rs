@@ -561,8 +561,11 @@ fn network_namespaces_serve_one_build_after_another_unless_sockets_are_left() {
 
     // A build that talks to itself over TCP leaves its connection closing
     // in the kernel: the next build gets a namespace of its own.
-    let chat = "nc -l -p 7777 > /build/got & \
-                i=0; until echo ping | nc -w 2 127.0.0.1 7777; do \
+    // The listener's input stays open (`sleep`), so that it reads what the
+    // client sends rather than closing first with the data unread, which
+    // would reset the connection instead of closing it.
+    let chat = "sleep 2 | nc -l -p 7777 > /build/got & \
+                i=0; until echo ping | nc -w 1 127.0.0.1 7777; do \
                 i=$((i+1)); [ $i -ge 100 ] && exit 1; sleep 0.1; done; \
                 wait; grep -q ping /build/got &&";
     assert_eq!(
