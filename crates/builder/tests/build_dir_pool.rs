@@ -30,6 +30,14 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// The one entry of `dir`, and its name.
+fn only_entry(dir: &Path) -> (PathBuf, String) {
+    let left = entries(dir);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let name = left[0].file_name().unwrap().to_string_lossy().into_owned();
+    (left[0].clone(), name)
+}
+
 /// What a builder prints about its build directory: inode, mode, path,
 /// number of entries.
 const REPORT: &str = "echo \"dir $(stat -c '%i %a' .) $(pwd) $(ls -A | wc -l)\"";
@@ -75,15 +83,8 @@ fn a_second_build_reuses_the_first_ones_directory() {
     assert!(after[2].contains("nix-build-second.drv-"), "{after:?}");
     assert_eq!(after[3], "0", "not empty");
     // What is left is one empty spare.
-    let left = entries(&t.dir.path().join("builds"));
-    assert_eq!(left.len(), 1, "{left:?}");
-    assert!(
-        left[0]
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with(&format!(".larder-spare-{}-", std::process::id()))
-    );
+    let (_, name) = only_entry(&t.dir.path().join("builds"));
+    assert!(name.starts_with(&format!(".larder-spare-{}-", std::process::id())));
     release_spare_build_dirs();
     assert!(entries(&t.dir.path().join("builds")).is_empty());
 }
@@ -97,19 +98,9 @@ fn a_failed_build_kept_for_inspection_is_not_pooled() {
     let drv = sh_drv(t.store_dir(), "fails", "echo kept > f; exit 1", &["out"]);
     let (_, result) = t.unprepare_with(&drv, false, settings);
     assert!(result.is_err());
-    let left = entries(&t.dir.path().join("builds"));
-    assert_eq!(left.len(), 1, "{left:?}");
-    assert!(
-        left[0]
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("nix-build-fails.drv-")
-    );
-    assert_eq!(
-        std::fs::read_to_string(left[0].join("f")).unwrap(),
-        "kept\n"
-    );
+    let (kept, name) = only_entry(&t.dir.path().join("builds"));
+    assert!(name.starts_with("nix-build-fails.drv-"), "{name}");
+    assert_eq!(std::fs::read_to_string(kept.join("f")).unwrap(), "kept\n");
 }
 
 #[test]
